@@ -1,0 +1,212 @@
+//! Body wrappers on the request path: the request body on its way upstream
+//! (enforcing the size and time limits while it streams) and the response
+//! body on its way downstream (recording the outcome once, when it ends).
+//! Neither buffers: frames pass through as they come.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use crate::stats::{BackendStats, Class};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A limit the client's request body broke; the client gets 413 or 408.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyLimit {
+    #[error("request body is larger than limits.max_body_bytes")]
+    TooLarge,
+    #[error("request was not received within limits.request_timeout")]
+    Timeout,
+}
+
+pin_project! {
+    /// The client's request body, streamed to the backend under limits.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        received: u64,
+        max: Option<u64>,
+        deadline: Instant,
+        // Armed only if the body ever has to wait, so bodiless requests
+        // allocate no timer.
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, max: Option<u64>, deadline: Instant) -> Self {
+        RequestBody {
+            inner,
+            received: 0,
+            max,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.received += data.len() as u64;
+                    if this.max.is_some_and(|max| *this.received > max) {
+                        return Poll::Ready(Some(Err(BodyLimit::TooLarge.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::from_std(*this.deadline);
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyLimit::Timeout.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Records one request's outcome exactly once: when its response body ends,
+/// fails, or is dropped (a client that hangs up early still counts, with the
+/// status it was given).
+pub struct Outcome {
+    stats: Arc<BackendStats>,
+    class: Class,
+    latency: Duration,
+    recorded: bool,
+}
+
+impl Outcome {
+    pub fn new(stats: Arc<BackendStats>, class: Class, latency: Duration) -> Self {
+        Outcome {
+            stats,
+            class,
+            latency,
+            recorded: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.recorded {
+            self.recorded = true;
+            self.stats.record(self.class, self.latency);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+pin_project! {
+    /// What the client receives: the backend's body as it streams, or a
+    /// small body sluice made itself (errors, admin answers).
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        Upstream { #[pin] inner: Incoming, outcome: Outcome },
+        Local { data: Option<Bytes> },
+    }
+}
+
+impl ResponseBody {
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ResponseBody::Local {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Local { data: None }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ResponseBodyProj::Local { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            ResponseBodyProj::Upstream { inner, outcome } => match ready!(inner.poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        if grpc_failed(trailers) {
+                            outcome.class = Class::Server5xx;
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    outcome.class = Class::Error;
+                    outcome.finish();
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                None => {
+                    outcome.finish();
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Local { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// gRPC reports failure in `grpc-status`, in trailers or in a trailers-only
+/// response's headers; anything but `0` counts as a 5xx.
+pub fn grpc_failed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() != b"0")
+}

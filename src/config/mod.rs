@@ -1,0 +1,257 @@
+//! Configuration: the document users write, and its validation into typed
+//! structs that the rest of sluice can trust without checking again.
+//!
+//! Validation collects every problem before returning, each named by its path
+//! in the document (`routes[1].backends[0].url: ...`), so one `sluice check`
+//! shows everything that is wrong, not just the first thing.
+
+pub mod duration;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+pub use validate::validate;
+
+/// One thing wrong with a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Problem> for Problems {
+    fn from(p: Problem) -> Self {
+        Problems(vec![p])
+    }
+}
+
+/// Which syntax a config text is in. YAML is a superset of JSON, but JSON
+/// parsed as JSON gives better error positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    Yaml,
+    Json,
+}
+
+/// Parses a config text into the raw document, reporting every structural
+/// problem (unknown fields, wrong types) section by section and route by route.
+pub fn parse_document(text: &str, syntax: Syntax) -> Result<raw::Document, Problems> {
+    let value: serde_json::Value = match syntax {
+        Syntax::Json => serde_json::from_str(text)
+            .map_err(|e| Problem::new("", format!("invalid JSON: {e}")))?,
+        Syntax::Yaml => serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+            let text = e
+                .to_string()
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+            Problem::new("", format!("invalid YAML: {text}"))
+        })?,
+    };
+    validate::document_from_value(value)
+}
+
+/// YAML 1.2 readings: `y`, `no`, `on` stay strings (a cookie named `y`, a
+/// country code `NO`), and duplicate keys are an error, not a silent overwrite.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o.leading_zero_numbers_as_strings = true;
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    o
+}
+
+/// Reads, parses and validates a config file. Relative paths in it resolve
+/// against the file's directory.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problem::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })?;
+    let syntax = if path.extension().is_some_and(|e| e == "json") {
+        Syntax::Json
+    } else {
+        Syntax::Yaml
+    };
+    let document = parse_document(&text, syntax)?;
+    validate(document, &base_dir_of(path))
+}
+
+/// The directory relative paths in a config file are resolved against.
+pub fn base_dir_of(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A validated configuration. Built only by [`validate`], so every value in it
+/// has been checked: names are unique, weights sum above zero, references
+/// point at existing backends, durations and addresses parse.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The document this was validated from (relative paths as written).
+    pub document: Arc<raw::Document>,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: AdminConfig,
+    pub state_dir: Option<PathBuf>,
+    pub limits: Limits,
+    pub forwarded: Forwarded,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    /// The bearer token every mutation must carry, read from `token_file`.
+    pub token: Option<Arc<str>>,
+}
+
+/// Resource limits; the defaults are the contract's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 65_536,
+            max_body_bytes: None,
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with an `x-forwarded-for` the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forwarded {
+    /// Keep the client's chain and add the peer (a sidecar behind a trusted edge).
+    #[default]
+    Append,
+    /// Replace it with the peer address (an edge facing untrusted clients).
+    Overwrite,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    pub host: Option<HostMatch>,
+    pub path_prefix: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub backends: Vec<BackendConfig>,
+    pub sticky: Option<StickyKey>,
+    pub override_header: Option<HeaderName>,
+    pub timeout: Duration,
+    /// Index of the backend `rollback` sends all weight to.
+    pub baseline: usize,
+    /// Index of the rollout's canary, when the route has a rollout plan.
+    pub canary: Option<usize>,
+}
+
+/// Host matching: exact (`api.example.com`) or any subdomain (`*.example.com`,
+/// which, as in Envoy and NGINX, does not match `example.com` itself).
+/// Stored lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// The suffix including its leading dot: `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub name: Arc<str>,
+    pub target: Upstream,
+    pub weight: u32,
+}
+
+/// Where a backend is and how to speak to it; this is the identity its
+/// connection pool is keyed by, so a pool survives weight changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// `host:port`, as it goes into the request URI.
+    pub authority: http::uri::Authority,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext), as gRPC backends speak.
+    H2c,
+}
+
+impl Config {
+    /// Route by name.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}

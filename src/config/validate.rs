@@ -1,0 +1,616 @@
+//! From a raw document to a typed [`Config`], collecting every problem.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::de::DeserializeOwned;
+
+use super::raw::{self, Document};
+use super::{
+    duration, AdminConfig, BackendConfig, Config, Forwarded, HostMatch, Limits, ListenerConfig,
+    Problem, Problems, Protocol, RouteConfig, StickyKey, Upstream,
+};
+
+/// The most backends one route may split between.
+pub const MAX_BACKENDS: usize = 16;
+/// The largest weight one backend may have; keeps sums far from overflow.
+pub const MAX_WEIGHT: u64 = 1_000_000;
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Splits a parsed value into sections and routes and deserializes each on
+/// its own, so that one mistyped field does not hide the others.
+pub(super) fn document_from_value(value: serde_json::Value) -> Result<Document, Problems> {
+    let serde_json::Value::Object(mut top) = value else {
+        return Err(
+            Problem::new("", "the config must be a mapping with listeners and routes").into(),
+        );
+    };
+    let mut problems = Vec::new();
+    let routes_value = top.remove("routes");
+    // Everything but the routes at once: unknown top-level keys show here.
+    let mut document: Document =
+        section(serde_json::Value::Object(top), "", &mut problems).unwrap_or_default();
+    match routes_value {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(route) = section(item, &format!("routes[{i}]"), &mut problems) {
+                    document.routes.push(route);
+                }
+            }
+        }
+        Some(_) => problems.push(Problem::new("routes", "must be a list of routes")),
+    }
+    if problems.is_empty() {
+        Ok(document)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match (prefix.is_empty(), inner.as_str()) {
+                (_, ".") => prefix.to_string(),
+                (true, p) => p.to_string(),
+                (false, p) if p.starts_with('[') => format!("{prefix}{p}"),
+                (false, p) => format!("{prefix}.{p}"),
+            };
+            problems.push(Problem::new(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Checks a document and builds the typed config. `base_dir` is where
+/// relative paths (token file, state dir) are resolved from.
+pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems> {
+    let mut p = Vec::new();
+    let listeners = listeners(&document.listeners, &mut p);
+    let admin = admin(document.admin.as_ref(), base_dir, &mut p);
+    let limits = limits(document.limits.as_ref(), &mut p);
+    let forwarded = match document.forwarded.as_deref() {
+        None | Some("append") => Forwarded::Append,
+        Some("overwrite") => Forwarded::Overwrite,
+        Some(other) => {
+            p.push(Problem::new(
+                "forwarded",
+                format!("\"{other}\" is not one of append, overwrite"),
+            ));
+            Forwarded::Append
+        }
+    };
+    let state_dir = document.state_dir.as_deref().map(|d| resolve(base_dir, d));
+    if document.routes.is_empty() {
+        p.push(Problem::new("routes", "at least one route is needed"));
+    }
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(document.routes.len());
+    for (i, r) in document.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(r.name.as_str()) {
+            p.push(Problem::new(
+                format!("{path}.name"),
+                format!(
+                    "\"{}\" is used by an earlier route; route names must be unique",
+                    r.name
+                ),
+            ));
+        }
+        if let Some(route) = route(r, &path, &mut p) {
+            routes.push(route);
+        }
+    }
+    if !p.is_empty() {
+        return Err(Problems(p));
+    }
+    Ok(Config {
+        document: Arc::new(document),
+        listeners,
+        admin: admin.expect("admin is Some when there are no problems"),
+        state_dir,
+        limits,
+        forwarded,
+        routes,
+    })
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn listeners(list: &[raw::Listener], p: &mut Vec<Problem>) -> Vec<ListenerConfig> {
+    if list.is_empty() {
+        p.push(Problem::new("listeners", "at least one listener is needed"));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in list.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        match l.addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addr.port() != 0 && !seen.insert(addr) {
+                    p.push(Problem::new(
+                        format!("{path}.addr"),
+                        format!("{addr} is listed twice"),
+                    ));
+                }
+                out.push(ListenerConfig { addr });
+            }
+            Err(_) => p.push(Problem::new(
+                format!("{path}.addr"),
+                format!(
+                    "\"{}\" is not an IP address with a port, as in 127.0.0.1:8080",
+                    l.addr
+                ),
+            )),
+        }
+        if l.tls.is_some() {
+            p.push(Problem::new(
+                format!("{path}.tls"),
+                "TLS listeners are not supported by this build yet; terminate TLS in front of sluice",
+            ));
+        }
+    }
+    out
+}
+
+fn admin(a: Option<&raw::Admin>, base_dir: &Path, p: &mut Vec<Problem>) -> Option<AdminConfig> {
+    let default = raw::Admin::default();
+    let a = a.unwrap_or(&default);
+    let text = a.addr.as_deref().unwrap_or(DEFAULT_ADMIN);
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.push(Problem::new(
+                "admin.addr",
+                format!("\"{text}\" is not an IP address with a port, as in 127.0.0.1:9901"),
+            ));
+            None
+        }
+    };
+    let token = match &a.token_file {
+        None => None,
+        Some(file) => {
+            let path = resolve(base_dir, file);
+            match std::fs::read_to_string(&path) {
+                Ok(t) if t.trim().is_empty() => {
+                    p.push(Problem::new(
+                        "admin.token_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                    None
+                }
+                Ok(t) => Some(Arc::<str>::from(t.trim())),
+                Err(e) => {
+                    p.push(Problem::new(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let addr = addr?;
+    if !addr.ip().is_loopback() && a.token_file.is_none() {
+        p.push(Problem::new(
+            "admin.addr",
+            format!(
+                "{addr} is reachable from other hosts; set admin.token_file so that changes need a token, or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Some(AdminConfig { addr, token })
+}
+
+fn limits(l: Option<&raw::Limits>, p: &mut Vec<Problem>) -> Limits {
+    let mut out = Limits::default();
+    let Some(l) = l else { return out };
+    let mut dur = |field: &str, value: &Option<String>, target: &mut Duration| {
+        if let Some(text) = value {
+            match duration::parse(text) {
+                Ok(d) if d.is_zero() => p.push(Problem::new(
+                    format!("limits.{field}"),
+                    "must be longer than zero",
+                )),
+                Ok(d) => *target = d,
+                Err(e) => p.push(Problem::new(format!("limits.{field}"), e)),
+            }
+        }
+    };
+    dur(
+        "header_read_timeout",
+        &l.header_read_timeout,
+        &mut out.header_read_timeout,
+    );
+    dur(
+        "request_timeout",
+        &l.request_timeout,
+        &mut out.request_timeout,
+    );
+    dur("idle_timeout", &l.idle_timeout, &mut out.idle_timeout);
+    dur(
+        "connect_timeout",
+        &l.connect_timeout,
+        &mut out.connect_timeout,
+    );
+    dur("drain_timeout", &l.drain_timeout, &mut out.drain_timeout);
+    if let Some(n) = l.max_header_bytes {
+        if !(8192..=16 * 1024 * 1024).contains(&n) {
+            p.push(Problem::new(
+                "limits.max_header_bytes",
+                "must be between 8192 and 16777216",
+            ));
+        } else {
+            out.max_header_bytes = n as usize;
+        }
+    }
+    out.max_body_bytes = l.max_body_bytes;
+    if let Some(n) = l.max_connections {
+        if n == 0 || n > 10_000_000 {
+            p.push(Problem::new(
+                "limits.max_connections",
+                "must be between 1 and 10000000",
+            ));
+        } else {
+            out.max_connections = n as usize;
+        }
+    }
+    if let Some(n) = l.max_concurrent_streams {
+        if n == 0 || n > u32::MAX as u64 {
+            p.push(Problem::new(
+                "limits.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        } else {
+            out.max_concurrent_streams = n as u32;
+        }
+    }
+    out
+}
+
+/// Route and backend names go into metric labels, URLs and file names.
+fn valid_route_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_backend_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn header_name(text: &str, path: &str, p: &mut Vec<Problem>) -> Option<HeaderName> {
+    match HeaderName::from_bytes(text.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            p.push(Problem::new(
+                path,
+                format!("\"{text}\" is not a valid header name"),
+            ));
+            None
+        }
+    }
+}
+
+fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig> {
+    let before = p.len();
+    if !valid_route_name(&r.name) {
+        p.push(Problem::new(
+            format!("{path}.name"),
+            format!("\"{}\" must be 1 to 63 of a-z, 0-9, _ and -", r.name),
+        ));
+    }
+    let m = r.matches.clone().unwrap_or_default();
+    let host = m
+        .host
+        .as_deref()
+        .and_then(|h| host_match(h, &format!("{path}.match.host"), p));
+    if let Some(prefix) = &m.path_prefix {
+        if !prefix.starts_with('/') {
+            p.push(Problem::new(
+                format!("{path}.match.path_prefix"),
+                format!("\"{prefix}\" must start with /"),
+            ));
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        let hp = format!("{path}.match.headers.{name}");
+        let n = header_name(name, &hp, p);
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            p.push(Problem::new(
+                &hp,
+                format!("\"{value}\" is not a valid header value"),
+            ))
+        });
+        if let (Some(n), Ok(v)) = (n, v) {
+            headers.push((n, v));
+        }
+    }
+
+    let backends = backends(&r.backends, path, p);
+    let index_of = |name: &str| r.backends.iter().position(|b| b.name == name);
+    let known = || {
+        r.backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let sticky = match &r.sticky {
+        None => None,
+        Some(raw::Sticky {
+            header: Some(h),
+            cookie: None,
+        }) => header_name(h, &format!("{path}.sticky.header"), p).map(StickyKey::Header),
+        Some(raw::Sticky {
+            header: None,
+            cookie: Some(c),
+        }) => {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
+            {
+                p.push(Problem::new(
+                    format!("{path}.sticky.cookie"),
+                    format!("\"{c}\" is not a valid cookie name"),
+                ));
+                None
+            } else {
+                Some(StickyKey::Cookie(c.clone()))
+            }
+        }
+        Some(_) => {
+            p.push(Problem::new(
+                format!("{path}.sticky"),
+                "name exactly one of header or cookie",
+            ));
+            None
+        }
+    };
+    let override_header = r
+        .override_header
+        .as_deref()
+        .and_then(|h| header_name(h, &format!("{path}.override_header"), p));
+    let timeout = match r.timeout.as_deref().map(duration::parse) {
+        None => DEFAULT_ROUTE_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            p.push(Problem::new(
+                format!("{path}.timeout"),
+                "must be longer than zero",
+            ));
+            DEFAULT_ROUTE_TIMEOUT
+        }
+        Some(Err(e)) => {
+            p.push(Problem::new(format!("{path}.timeout"), e));
+            DEFAULT_ROUTE_TIMEOUT
+        }
+    };
+    if r.mirror.is_some() {
+        p.push(Problem::new(
+            format!("{path}.mirror"),
+            "shadow traffic is not supported by this build yet",
+        ));
+    }
+
+    let mut baseline = 0;
+    let mut canary = None;
+    if let Some(plan) = &r.rollout {
+        let rp = format!("{path}.rollout");
+        match index_of(&plan.baseline) {
+            Some(i) => baseline = i,
+            None => p.push(Problem::new(
+                format!("{rp}.baseline"),
+                format!(
+                    "no backend named \"{}\" (backends: {})",
+                    plan.baseline,
+                    known()
+                ),
+            )),
+        }
+        match index_of(&plan.canary) {
+            Some(i) => canary = Some(i),
+            None => p.push(Problem::new(
+                format!("{rp}.canary"),
+                format!(
+                    "no backend named \"{}\" (backends: {})",
+                    plan.canary,
+                    known()
+                ),
+            )),
+        }
+        if plan.baseline == plan.canary {
+            p.push(Problem::new(
+                format!("{rp}.canary"),
+                "must differ from baseline",
+            ));
+        }
+    }
+
+    if p.len() > before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: Arc::from(r.name.as_str()),
+        host,
+        path_prefix: m.path_prefix.filter(|prefix| prefix != "/"),
+        headers,
+        backends,
+        sticky,
+        override_header,
+        timeout,
+        baseline,
+        canary,
+    })
+}
+
+fn host_match(text: &str, path: &str, p: &mut Vec<Problem>) -> Option<HostMatch> {
+    let lower = text.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if !valid {
+        p.push(Problem::new(
+            path,
+            format!("\"{text}\" is not a host name (exact, or *.example.com for any subdomain)"),
+        ));
+        return None;
+    }
+    Some(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn backends(list: &[raw::Backend], route_path: &str, p: &mut Vec<Problem>) -> Vec<BackendConfig> {
+    if list.is_empty() || list.len() > MAX_BACKENDS {
+        p.push(Problem::new(
+            format!("{route_path}.backends"),
+            format!(
+                "a route needs 1 to {MAX_BACKENDS} backends, not {}",
+                list.len()
+            ),
+        ));
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(list.len());
+    let mut total = 0u64;
+    for (i, b) in list.iter().enumerate() {
+        let path = format!("{route_path}.backends[{i}]");
+        if !valid_backend_name(&b.name) {
+            p.push(Problem::new(
+                format!("{path}.name"),
+                format!(
+                    "\"{}\" must be 1 to 63 of a-z, A-Z, 0-9, _, - and .",
+                    b.name
+                ),
+            ));
+        }
+        if let Some(first) = names.insert(b.name.as_str(), i) {
+            p.push(Problem::new(
+                format!("{path}.name"),
+                format!(
+                    "\"{}\" is also backends[{first}]; names must be unique within a route",
+                    b.name
+                ),
+            ));
+        }
+        if b.weight > MAX_WEIGHT {
+            p.push(Problem::new(
+                format!("{path}.weight"),
+                format!("must be at most {MAX_WEIGHT}"),
+            ));
+        }
+        total += b.weight.min(MAX_WEIGHT);
+        let protocol = match b.protocol.as_deref() {
+            None | Some("http1") => Some(Protocol::Http1),
+            Some("h2c") => Some(Protocol::H2c),
+            Some(other) => {
+                p.push(Problem::new(
+                    format!("{path}.protocol"),
+                    format!("\"{other}\" is not one of http1, h2c"),
+                ));
+                None
+            }
+        };
+        let authority = upstream_authority(&b.url, &format!("{path}.url"), p);
+        if let (Some(authority), Some(protocol)) = (authority, protocol) {
+            out.push(BackendConfig {
+                name: Arc::from(b.name.as_str()),
+                target: Upstream {
+                    authority,
+                    protocol,
+                },
+                weight: b.weight.min(MAX_WEIGHT) as u32,
+            });
+        }
+    }
+    if !list.is_empty() && total == 0 {
+        p.push(Problem::new(
+            format!("{route_path}.backends"),
+            "the weights add up to zero; at least one backend needs a weight above zero",
+        ));
+    }
+    out
+}
+
+fn upstream_authority(url: &str, path: &str, p: &mut Vec<Problem>) -> Option<http::uri::Authority> {
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            p.push(Problem::new(path, format!("\"{url}\" is not a URL: {e}")));
+            return None;
+        }
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            p.push(Problem::new(
+                path,
+                format!("\"{url}\": https backends are not supported yet; use http://"),
+            ));
+            return None;
+        }
+        _ => {
+            p.push(Problem::new(
+                path,
+                format!("\"{url}\" must start with http://"),
+            ));
+            return None;
+        }
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        p.push(Problem::new(
+            path,
+            format!("\"{url}\" must not have a path; routes forward the request's own path"),
+        ));
+        return None;
+    }
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') {
+        p.push(Problem::new(
+            path,
+            format!("\"{url}\" must not carry credentials"),
+        ));
+        return None;
+    }
+    if authority.port_u16().is_none() {
+        // Make the port explicit so pools key on host:port alike.
+        return format!("{}:80", authority.host()).parse().ok();
+    }
+    Some(authority)
+}

@@ -1,0 +1,415 @@
+//! The one writer of the routing table. Every change — a file reload,
+//! `PUT /config`, new weights, a rollback, a restore, a controller decision —
+//! goes through [`ControlPlane::apply`]: it builds the new document, validates
+//! it, compiles it, stores it with one atomic swap, keeps it in history and
+//! journals it. Nothing else calls `store`, and changes are serialized, so two
+//! writers never race.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, raw::Document, Config, Problem, Problems};
+use crate::journal::{now_rfc3339, Journal};
+use crate::stats::prom::Metrics;
+use crate::table::{Registry, Table};
+
+/// How many table versions history keeps.
+const HISTORY: usize = 100;
+
+/// A change to the table.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A whole new document (file reload, `PUT /config`). Sections that
+    /// cannot change at runtime (listeners, admin, state_dir) may be left
+    /// out and are then kept.
+    Replace(Box<Document>),
+    /// New weights for some of a route's backends; the rest keep theirs.
+    Weights {
+        route: String,
+        weights: BTreeMap<String, u64>,
+    },
+    /// All weight to the route's baseline.
+    Rollback { route: String },
+    /// The document of an earlier version.
+    Restore { version: u64 },
+}
+
+impl Change {
+    fn describe(&self) -> String {
+        match self {
+            Change::Replace(_) => "new configuration".into(),
+            Change::Weights { route, weights } => {
+                let w: Vec<String> = weights.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("weights of route {route}: {}", w.join(" "))
+            }
+            Change::Rollback { route } => format!("rollback of route {route}"),
+            Change::Restore { version } => format!("restore of version {version}"),
+        }
+    }
+
+    fn route(&self) -> Option<&str> {
+        match self {
+            Change::Weights { route, .. } | Change::Rollback { route } => Some(route),
+            _ => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::Replace(_) => "config",
+            Change::Weights { .. } => "weights",
+            Change::Rollback { .. } => "rollback",
+            Change::Restore { .. } => "restore",
+        }
+    }
+}
+
+/// Why a change was refused. The running table is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+/// One version of the table, as history keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    pub version: u64,
+    pub time: String,
+    pub actor: String,
+    pub reason: String,
+    pub document: Arc<Document>,
+}
+
+pub struct ControlPlane {
+    table: Arc<ArcSwap<Table>>,
+    writer: std::sync::Mutex<Writer>,
+    pub journal: Arc<Journal>,
+    pub metrics: Metrics,
+    /// Where relative paths of documents sent through the API resolve.
+    base_dir: PathBuf,
+    state_dir: Option<PathBuf>,
+}
+
+struct Writer {
+    registry: Registry,
+    history: VecDeque<Version>,
+    next_version: u64,
+}
+
+impl ControlPlane {
+    /// Starts from a validated config as the first version (or the next one
+    /// after what `state_dir` remembers).
+    pub fn new(
+        config: Config,
+        base_dir: PathBuf,
+        metrics: Metrics,
+        journal: Arc<Journal>,
+        actor: &str,
+    ) -> Self {
+        let state_dir = config.state_dir.clone();
+        let mut history: VecDeque<Version> = state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join("history.json")).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let version = history.back().map_or(1, |v| v.version + 1);
+        let mut registry = Registry::new(metrics.clone());
+        let document = config.document.clone();
+        let table = registry.compile(Arc::new(config), version);
+        history.push_back(Version {
+            version,
+            time: now_rfc3339(jiff::Timestamp::now()),
+            actor: actor.to_string(),
+            reason: "started".into(),
+            document,
+        });
+        while history.len() > HISTORY {
+            history.pop_front();
+        }
+        metrics.config_version().set(version as f64);
+        metrics.reloads("ok").absolute(0);
+        metrics.reloads("rejected").absolute(0);
+        let cp = ControlPlane {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            writer: std::sync::Mutex::new(Writer {
+                registry,
+                history,
+                next_version: version + 1,
+            }),
+            journal,
+            metrics,
+            base_dir,
+            state_dir,
+        };
+        cp.persist_history(&cp.lock());
+        cp.journal.record(
+            None,
+            "started",
+            actor,
+            format!("serving table version {version}"),
+            serde_json::json!({ "version": version }),
+        );
+        cp
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The handle the data plane loads its snapshot from.
+    pub fn table_handle(&self) -> Arc<ArcSwap<Table>> {
+        self.table.clone()
+    }
+
+    /// The table in use now.
+    pub fn current(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// Validates and applies a change; on any problem nothing changes and
+    /// the rejection is counted and journaled.
+    pub fn apply(
+        &self,
+        change: Change,
+        actor: &str,
+        why: Option<&str>,
+    ) -> Result<Arc<Table>, Rejection> {
+        let mut w = self.lock();
+        let current = self.table.load_full();
+        let reason = why.map_or_else(
+            || change.describe(),
+            |w| format!("{}: {w}", change.describe()),
+        );
+        let result = self
+            .next_document(&w, &current, &change)
+            .and_then(|doc| config::validate(doc, &self.base_dir).map_err(Rejection::Invalid))
+            .and_then(|cfg| self.check_fixed(&current.config, cfg));
+        let cfg = match result {
+            Ok(cfg) => cfg,
+            Err(rejection) => {
+                self.metrics.reloads("rejected").increment(1);
+                let detail = match &rejection {
+                    Rejection::Invalid(p) => serde_json::json!({ "problems": p.0 }),
+                    Rejection::NotFound(m) => serde_json::json!({ "problems": [m] }),
+                };
+                self.journal.record(
+                    change.route(),
+                    "change_rejected",
+                    actor,
+                    format!(
+                        "{reason} rejected; version {} keeps serving",
+                        current.version
+                    ),
+                    detail,
+                );
+                return Err(rejection);
+            }
+        };
+        // A reload of an unchanged file (a ConfigMap touched, SIGHUP twice)
+        // is not a new version.
+        if matches!(change, Change::Replace(_)) && *cfg.document == *current.config.document {
+            return Ok(current);
+        }
+        let version = w.next_version;
+        w.next_version += 1;
+        let document = cfg.document.clone();
+        let table = Arc::new(w.registry.compile(Arc::new(cfg), version));
+        self.table.store(table.clone());
+        self.metrics.config_version().set(version as f64);
+        self.metrics.reloads("ok").increment(1);
+        w.history.push_back(Version {
+            version,
+            time: now_rfc3339(jiff::Timestamp::now()),
+            actor: actor.to_string(),
+            reason: reason.clone(),
+            document,
+        });
+        while w.history.len() > HISTORY {
+            w.history.pop_front();
+        }
+        self.persist_history(&w);
+        let weights: BTreeMap<&str, BTreeMap<&str, u32>> = table
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    &*r.name,
+                    r.backends.iter().map(|b| (&*b.name, b.weight)).collect(),
+                )
+            })
+            .collect();
+        self.journal.record(
+            change.route(),
+            change.kind(),
+            actor,
+            format!("table version {version} in use: {reason}"),
+            serde_json::json!({ "version": version, "previous": current.version, "weights": weights }),
+        );
+        Ok(table)
+    }
+
+    fn next_document(
+        &self,
+        w: &Writer,
+        current: &Table,
+        change: &Change,
+    ) -> Result<Document, Rejection> {
+        let mut doc = (*current.config.document).clone();
+        match change {
+            Change::Replace(new) => {
+                let mut new = (**new).clone();
+                if new.listeners.is_empty() {
+                    new.listeners = doc.listeners;
+                }
+                if new.admin.is_none() {
+                    new.admin = doc.admin;
+                }
+                if new.state_dir.is_none() {
+                    new.state_dir = doc.state_dir;
+                }
+                Ok(new)
+            }
+            Change::Weights { route, weights } => {
+                let r = find_route(&mut doc, route)?;
+                let mut problems = Vec::new();
+                for (name, weight) in weights {
+                    match r.backends.iter_mut().find(|b| &b.name == name) {
+                        Some(b) => b.weight = *weight,
+                        None => problems.push(Problem::new(
+                            format!("weights.{name}"),
+                            format!(
+                                "route {route} has no backend named \"{name}\" (backends: {})",
+                                r.backends
+                                    .iter()
+                                    .map(|b| b.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )),
+                    }
+                }
+                if weights.is_empty() {
+                    problems.push(Problem::new(
+                        "weights",
+                        "name at least one backend and its weight",
+                    ));
+                }
+                if problems.is_empty() {
+                    Ok(doc)
+                } else {
+                    Err(Rejection::Invalid(Problems(problems)))
+                }
+            }
+            Change::Rollback { route } => {
+                let baseline = current
+                    .route_named(route)
+                    .map(|r| r.baseline)
+                    .ok_or_else(|| no_route(route))?;
+                let r = find_route(&mut doc, route)?;
+                for (i, b) in r.backends.iter_mut().enumerate() {
+                    b.weight = if i == baseline { 100 } else { 0 };
+                }
+                Ok(doc)
+            }
+            Change::Restore { version } => w
+                .history
+                .iter()
+                .find(|v| v.version == *version)
+                .map(|v| (*v.document).clone())
+                .ok_or_else(|| {
+                    Rejection::NotFound(format!(
+                        "no version {version} in history (kept: {})",
+                        w.history
+                            .iter()
+                            .map(|v| v.version.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }),
+        }
+    }
+
+    /// Sections bound at start cannot change underneath a running process.
+    fn check_fixed(&self, current: &Config, new: Config) -> Result<Config, Rejection> {
+        let mut problems = Vec::new();
+        if new.listeners != current.listeners {
+            problems.push(Problem::new(
+                "listeners",
+                "cannot change while sluice runs; restart it to listen elsewhere",
+            ));
+        }
+        if new.admin != current.admin {
+            problems.push(Problem::new(
+                "admin",
+                "cannot change while sluice runs; restart it to apply",
+            ));
+        }
+        if new.state_dir != current.state_dir {
+            problems.push(Problem::new(
+                "state_dir",
+                "cannot change while sluice runs; restart it to apply",
+            ));
+        }
+        if new.limits.max_connections != current.limits.max_connections {
+            problems.push(Problem::new(
+                "limits.max_connections",
+                "cannot change while sluice runs; restart it to apply",
+            ));
+        }
+        if problems.is_empty() {
+            Ok(new)
+        } else {
+            Err(Rejection::Invalid(Problems(problems)))
+        }
+    }
+
+    fn persist_history(&self, w: &Writer) {
+        let Some(dir) = &self.state_dir else { return };
+        let bytes = serde_json::to_vec(&w.history).expect("history serializes");
+        if let Err(e) = crate::state::write_atomic(&dir.join("history.json"), &bytes) {
+            tracing::error!(error = %e, dir = %dir.display(), "cannot persist table history");
+        }
+    }
+
+    /// History, oldest first.
+    pub fn history(&self) -> Vec<Version> {
+        self.lock().history.iter().cloned().collect()
+    }
+}
+
+fn no_route(route: &str) -> Rejection {
+    Rejection::NotFound(format!("no route named \"{route}\""))
+}
+
+fn find_route<'a>(
+    doc: &'a mut Document,
+    route: &str,
+) -> Result<&'a mut config::raw::Route, Rejection> {
+    doc.routes
+        .iter_mut()
+        .find(|r| r.name == route)
+        .ok_or_else(|| no_route(route))
+}
+
+impl ControlPlane {
+    /// Counts and journals a change that failed before it became a
+    /// [`Change`] (a config file that does not parse).
+    pub fn reject_unparsed(&self, problems: &Problems, actor: &str, what: &str) {
+        self.metrics.reloads("rejected").increment(1);
+        let version = self.table.load().version;
+        self.journal.record(
+            None,
+            "change_rejected",
+            actor,
+            format!("{what} rejected; version {version} keeps serving"),
+            serde_json::json!({ "problems": problems.0 }),
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! sluice: a reverse proxy that makes releases safe.
+//!
+//! The data plane ([`proxy`]) forwards requests using an immutable routing
+//! [`table`] that the control plane ([`control`]) swaps atomically; every
+//! request's outcome is measured inline ([`stats`]). The binary in
+//! `src/main.rs` is a thin shell over [`server::start`].
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod demo;
+pub mod journal;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod split;
+pub mod state;
+pub mod stats;
+pub mod table;
+pub mod upstream;

@@ -1,0 +1,276 @@
+//! The `sluice` command: a thin shell over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A reverse proxy that makes releases safe"
+)]
+struct Cli {
+    /// Log format; default: text on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often the config file is checked for changes; 0s turns the
+        /// watch off (SIGHUP still reloads).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: std::time::Duration,
+    },
+    /// Start the proxy with two built-in demo backends and a 90/10 route.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Fraction (0..1) of requests the demo canary fails with 500.
+        #[arg(long, default_value_t = 0.0)]
+        canary_error_rate: f64,
+    },
+    /// Validate a config file and print a summary, or every problem.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Talk to a running proxy's admin API.
+    Ctl {
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        #[arg(long, env = "SLUICE_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sluice::ctl::Command,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            watch_interval,
+        } => serve(Some((config, watch_interval)), None),
+        Command::Demo {
+            listen,
+            admin,
+            canary_error_rate,
+        } => {
+            if !(0.0..=1.0).contains(&canary_error_rate) {
+                eprintln!("--canary-error-rate must be between 0 and 1, not {canary_error_rate}");
+                return ExitCode::from(2);
+            }
+            serve(None, Some((listen, admin, canary_error_rate)))
+        }
+        Command::Ctl {
+            admin,
+            token_file,
+            command,
+        } => ctl(&admin, token_file, command),
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match sluice::config::load(path) {
+        Ok(cfg) => {
+            println!("{}: ok", path.display());
+            println!(
+                "  listeners: {}",
+                cfg.listeners
+                    .iter()
+                    .map(|l| l.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  admin: {}{}",
+                cfg.admin.addr,
+                if cfg.admin.token.is_some() {
+                    " (token required for changes)"
+                } else {
+                    ""
+                }
+            );
+            for r in &cfg.routes {
+                let total: u64 = r.backends.iter().map(|b| b.weight as u64).sum();
+                let split: Vec<String> = r
+                    .backends
+                    .iter()
+                    .map(|b| format!("{} {:.1}%", b.name, b.weight as f64 * 100.0 / total as f64))
+                    .collect();
+                println!("  route {}: {}", r.name, split.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            let n = problems.0.len();
+            eprintln!(
+                "{}: {n} problem{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            for p in &problems.0 {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    sluice::config::duration::parse(s)
+}
+
+fn serve(
+    config_path: Option<(PathBuf, std::time::Duration)>,
+    demo: Option<(SocketAddr, SocketAddr, f64)>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config_path, demo)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(
+    file: Option<(PathBuf, std::time::Duration)>,
+    demo: Option<(SocketAddr, SocketAddr, f64)>,
+) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch_interval = file.as_ref().map(|f| f.1);
+    let config_path = file.map(|f| f.0);
+    let config = match (&config_path, demo) {
+        (Some(path), _) => match sluice::config::load(path) {
+            Ok(c) => c,
+            Err(problems) => {
+                eprintln!("{}: invalid config", path.display());
+                for p in &problems.0 {
+                    eprintln!("  {p}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        },
+        (None, Some((listen, admin, error_rate))) => {
+            let stable = sluice::demo::start_backend("stable", 0.0)
+                .await
+                .context("starting the demo backends")?;
+            let canary = sluice::demo::start_backend("canary", error_rate)
+                .await
+                .context("starting the demo backends")?;
+            let doc = sluice::demo::document(listen, admin, stable, canary);
+            sluice::config::validate(doc, std::path::Path::new("."))
+                .map_err(|p| anyhow::anyhow!("demo config: {p}"))?
+        }
+        (None, None) => unreachable!("run needs a config or the demo"),
+    };
+    let demo_mode = config_path.is_none();
+    let running = sluice::server::start(
+        config,
+        sluice::server::Options {
+            config_path,
+            watch_interval,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("cannot start")?;
+    if demo_mode {
+        println!("proxy:     http://{}", running.proxy_addr());
+        println!("admin:     http://{}", running.admin_addr);
+        println!("dashboard: http://{}/", running.admin_addr);
+        println!(
+            "try:       curl -H 'x-user-id: alice' http://{}/",
+            running.proxy_addr()
+        );
+    }
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(p) = running.reload("signal") {
+                    tracing::error!(problems = %p, "reload on SIGHUP rejected; the running table keeps serving");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ctl(admin: &str, token_file: Option<PathBuf>, command: sluice::ctl::Command) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let result = runtime.block_on(async {
+        let ctl = sluice::ctl::Ctl::new(admin, token_file.as_deref())?;
+        ctl.run(command).await
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

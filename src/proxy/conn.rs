@@ -1,0 +1,212 @@
+//! One downstream connection: its activity clock, and the watchdog that
+//! enforces the header-read and idle timeouts.
+//!
+//! hyper's own header-read timeout also runs while a keep-alive connection
+//! waits for its next request (so it would cap the idle timeout) and
+//! allocates a timer per request; this watchdog keeps one timer per
+//! connection instead and tells the two cases apart.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Milliseconds on a process-wide monotonic clock; never 0.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What the connection and its requests share.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    last_activity: AtomicU64,
+    /// When the first bytes of a request head arrived while no request was
+    /// in flight; 0 when not reading a head.
+    head_started: AtomicU64,
+    in_flight: AtomicU32,
+    /// HTTP/2 multiplexes: frames between requests are not a head being read.
+    multiplexed: AtomicBool,
+}
+
+impl ConnState {
+    pub fn new() -> Arc<Self> {
+        let s = ConnState::default();
+        s.last_activity.store(now_ms(), Relaxed);
+        Arc::new(s)
+    }
+
+    pub fn request_started(&self, http2: bool) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.head_started.store(0, Relaxed);
+        if http2 {
+            self.multiplexed.store(true, Relaxed);
+        }
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.last_activity.store(now_ms(), Relaxed);
+    }
+
+    fn on_read(&self) {
+        let now = now_ms();
+        self.last_activity.store(now, Relaxed);
+        if self.in_flight.load(Relaxed) == 0
+            && self.head_started.load(Relaxed) == 0
+            && !self.multiplexed.load(Relaxed)
+        {
+            self.head_started.store(now, Relaxed);
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_activity.store(now_ms(), Relaxed);
+    }
+
+    /// The next moment something may expire, or the verdict if it has.
+    fn check(&self, now: u64, header_read: Duration, idle: Duration) -> Result<Expired, u64> {
+        let head = self.head_started.load(Relaxed);
+        if head != 0 && self.in_flight.load(Relaxed) == 0 {
+            let due = head + header_read.as_millis() as u64;
+            return if now >= due {
+                Ok(Expired::HeaderRead)
+            } else {
+                Err(due)
+            };
+        }
+        let idle_ms = idle.as_millis() as u64;
+        if self.in_flight.load(Relaxed) > 0 {
+            return Err(now + idle_ms);
+        }
+        let due = self.last_activity.load(Relaxed) + idle_ms;
+        if now >= due {
+            Ok(Expired::Idle)
+        } else {
+            Err(due)
+        }
+    }
+}
+
+/// Why the watchdog ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// The client started a request and did not finish its headers in time:
+    /// close at once.
+    HeaderRead,
+    /// Nothing happened for the idle timeout: close gracefully.
+    Idle,
+}
+
+/// Resolves when the connection has expired. Sleeps until the earliest
+/// possible deadline and checks again, so a busy connection costs one timer
+/// wake-up per idle period, not one per request.
+pub async fn watchdog(state: &ConnState, header_read: Duration, idle: Duration) -> Expired {
+    loop {
+        let now = now_ms();
+        match state.check(now, header_read, idle) {
+            Ok(why) => return why,
+            Err(due) => {
+                tokio::time::sleep(Duration::from_millis(due.saturating_sub(now).max(1))).await
+            }
+        }
+    }
+}
+
+/// A transport that tells its [`ConnState`] when bytes move.
+pub struct MeteredIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T> MeteredIo<T> {
+    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+        MeteredIo { inner, state }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.on_write();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.on_write();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HR: Duration = Duration::from_millis(100);
+    const IDLE: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn idle_expires_only_without_requests() {
+        let s = ConnState::default();
+        s.last_activity.store(1000, Relaxed);
+        assert_eq!(s.check(1500, HR, IDLE), Err(2000));
+        assert_eq!(s.check(2000, HR, IDLE), Ok(Expired::Idle));
+        s.request_started(false);
+        assert!(s.check(5000, HR, IDLE).is_err());
+    }
+
+    #[test]
+    fn a_started_head_must_finish_in_time() {
+        let s = ConnState::default();
+        s.last_activity.store(1000, Relaxed);
+        s.head_started.store(1000, Relaxed);
+        assert_eq!(s.check(1050, HR, IDLE), Err(1100));
+        assert_eq!(s.check(1100, HR, IDLE), Ok(Expired::HeaderRead));
+        s.request_started(false);
+        assert!(s.check(1100, HR, IDLE).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Header hygiene between the two hops: what must not cross a proxy, and
+//! what a proxy adds.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including any that `Connection` names.
+/// `TE: trailers` survives, as gRPC needs it end to end; `Upgrade` goes, as
+/// sluice does not tunnel upgraded connections.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The common case, a request with no Connection header, allocates nothing.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != header::TE {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
+/// `overwrite` discards what the client claimed (an edge facing the internet).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    proto: &HeaderValue,
+    overwrite: bool,
+) {
+    if overwrite {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        return;
+    }
+    let mut chain = headers.get_all(&X_FORWARDED_FOR).iter();
+    let joined = match (chain.next(), chain.next()) {
+        (None, _) => peer.clone(),
+        (Some(first), None) => join(&[first.as_bytes()], peer),
+        (Some(first), Some(second)) => {
+            let mut parts = vec![first.as_bytes(), second.as_bytes()];
+            parts.extend(chain.map(|v| v.as_bytes()));
+            join(&parts, peer)
+        }
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), joined);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+    }
+}
+
+fn join(parts: &[&[u8]], peer: &HeaderValue) -> HeaderValue {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 2).sum::<usize>() + peer.len());
+    for p in parts {
+        out.extend_from_slice(p);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| peer.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["te", "x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_append_and_overwrite() {
+        let peer = HeaderValue::from_static("10.0.0.9");
+        let proto = HeaderValue::from_static("http");
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let mut appended = h.clone();
+        set_forwarded(&mut appended, &peer, &proto, false);
+        assert_eq!(appended[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(appended[&X_FORWARDED_PROTO], "https");
+        set_forwarded(&mut h, &peer, &proto, true);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+}

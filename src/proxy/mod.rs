@@ -1,0 +1,132 @@
+//! The data plane's listeners: accept, apply connection limits, serve
+//! HTTP/1.1 and h2c on each connection, and drain on shutdown.
+
+pub mod conn;
+pub mod headers;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::table::Table;
+use conn::{ConnState, Expired, MeteredIo};
+use service::ProxyService;
+
+/// Serves one bound listener until `shutdown` turns true, then stops
+/// accepting and asks every connection to finish (HTTP/1.1: close after the
+/// response in flight; HTTP/2: GOAWAY). Returns at once; `connections`
+/// tracks what is still open.
+pub async fn serve(
+    listener: TcpListener,
+    table: Arc<ArcSwap<Table>>,
+    connections: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        // Backpressure: at max_connections, stop accepting until one closes;
+        // the kernel's backlog holds the rest.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listener = ?local, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let table = table.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, table, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    table: Arc<ArcSwap<Table>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = table.load().config.limits;
+    let state = ConnState::new();
+    let service = ProxyService::new(table, state.clone(), peer.ip(), false);
+    let io = TokioIo::new(MeteredIo::new(stream, state.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // The read buffer bounds the request head: a head that does not fit
+        // gets 431. (hyper's floor for it is 8 KiB; validation enforces it.)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let conn = builder.serve_connection(
+        io,
+        hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req)),
+    );
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::trace!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait_for(|s| *s), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            why = conn::watchdog(&state, limits.header_read_timeout, limits.idle_timeout), if !closing => {
+                match why {
+                    Expired::HeaderRead => {
+                        tracing::debug!(%peer, "client did not send its request headers in time");
+                        return;
+                    }
+                    Expired::Idle => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Binds a listener the way a proxy wants it: address reuse, so a restart
+/// does not wait for TIME_WAIT, and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

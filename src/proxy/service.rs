@@ -1,0 +1,233 @@
+//! The request service: one table snapshot, route, split, forward, record.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::conn::ConnState;
+use super::headers;
+use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
+use crate::config::{Forwarded, Protocol};
+use crate::stats::Class;
+use crate::table::Table;
+use crate::upstream::{classify, Failure};
+
+/// Serves one downstream connection's requests.
+#[derive(Clone)]
+pub struct ProxyService {
+    table: Arc<ArcSwap<Table>>,
+    conn: Arc<ConnState>,
+    /// The peer's address, ready to go into `x-forwarded-for`.
+    peer: HeaderValue,
+    proto: HeaderValue,
+}
+
+impl ProxyService {
+    pub fn new(table: Arc<ArcSwap<Table>>, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
+        ProxyService {
+            table,
+            conn,
+            peer: HeaderValue::from_str(&peer.to_string())
+                .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        this.conn.request_started(req.version() == Version::HTTP_2);
+        Box::pin(async move {
+            let response = this.forward(req).await;
+            this.conn.request_finished();
+            Ok(response)
+        })
+    }
+}
+
+/// A response sluice writes itself.
+pub fn local_response(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::local(format!("sluice: {message}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The request's host, without port, for route matching. `None` when the
+/// request has no host or more than one: the client gets 400.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let from_header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.to_str().ok()?),
+        (Some(_), Some(_)) => return None,
+        (None, _) => None,
+    };
+    let authority = match from_header {
+        Some(h) => h,
+        // HTTP/2 carries the host in :authority.
+        None => req.uri().authority()?.as_str(),
+    };
+    let host = match authority.rsplit_once(':') {
+        // Keep IPv6 literals whole: "[::1]:80" → "[::1]".
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+impl ProxyService {
+    async fn forward(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let table = self.table.load_full();
+        let Some(host) = request_host(&req) else {
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                "the request needs exactly one Host header",
+            );
+        };
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let Some(route) = table.route(host, req.uri().path(), req.headers()) else {
+            return local_response(StatusCode::NOT_FOUND, "no route matches this request");
+        };
+        let backend = &route.backends[route.pick(req.headers())];
+        let limits = &table.config.limits;
+
+        if let Some(max) = limits.max_body_bytes {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return local_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is larger than limits.max_body_bytes",
+                );
+            }
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let upstream_h2 = backend.pool.protocol == Protocol::H2c;
+        if parts.version == Version::HTTP_2
+            && !upstream_h2
+            && !parts.headers.contains_key(header::HOST)
+        {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_forwarded(
+            &mut parts.headers,
+            &self.peer,
+            &self.proto,
+            table.config.forwarded == Forwarded::Overwrite,
+        );
+        let mut uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.pool.origin.clone());
+        if let Some(pq) = parts.uri.path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        } else {
+            uri = uri.path_and_query("/");
+        }
+        parts.uri = match uri.build() {
+            Ok(u) => u,
+            Err(_) => {
+                return local_response(
+                    StatusCode::BAD_REQUEST,
+                    "the request target cannot be forwarded",
+                )
+            }
+        };
+        parts.version = if upstream_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let body = RequestBody::new(
+            body,
+            limits.max_body_bytes,
+            started + limits.request_timeout,
+        );
+        let upstream_req = Request::from_parts(parts, body);
+
+        let result = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
+        let latency = started.elapsed();
+        match result {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                let class = if grpc_failed(&parts.headers) {
+                    Class::Server5xx
+                } else {
+                    Class::of_status(parts.status.as_u16())
+                };
+                let outcome = Outcome::new(backend.stats.clone(), class, latency);
+                Response::from_parts(
+                    parts,
+                    ResponseBody::Upstream {
+                        inner: body,
+                        outcome,
+                    },
+                )
+            }
+            Ok(Err(e)) => match classify(&e) {
+                Failure::Downstream(BodyLimit::TooLarge) => local_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is larger than limits.max_body_bytes",
+                ),
+                Failure::Downstream(BodyLimit::Timeout) => local_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request was not received within limits.request_timeout",
+                ),
+                Failure::Timeout => {
+                    backend.stats.record(Class::Error, latency);
+                    tracing::debug!(route = %route.name, backend = %backend.name, error = %e, "upstream connect timeout");
+                    local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the backend did not accept a connection in time",
+                    )
+                }
+                Failure::Broken => {
+                    backend.stats.record(Class::Error, latency);
+                    tracing::debug!(route = %route.name, backend = %backend.name, error = ?e, "upstream failed");
+                    local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
+                }
+            },
+            Err(_) => {
+                backend.stats.record(Class::Error, latency);
+                local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer within the route's timeout",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Starting and stopping a whole sluice: control plane, listeners, admin
+//! API, config watcher. The binary and the tests start it the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::journal::Journal;
+use crate::stats::prom::Metrics;
+
+/// How sluice was started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The file to watch and reload on SIGHUP; none for a config built in code.
+    pub config_path: Option<PathBuf>,
+    /// How often the file is checked for changes (default 1 s; zero: never).
+    pub watch_interval: Option<Duration>,
+    /// Where relative paths resolve when there is no config file (default:
+    /// the config file's directory, else the working directory).
+    pub base_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the journal in the state directory: {0}")]
+    Journal(std::io::Error),
+}
+
+/// A running sluice.
+pub struct Running {
+    /// The proxy listeners' bound addresses, in config order.
+    pub proxy_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub control: Arc<ControlPlane>,
+    pub config_path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds every listener, then serves. Returns once all are bound.
+pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
+    let base_dir = options
+        .base_dir
+        .clone()
+        .or_else(|| {
+            options
+                .config_path
+                .as_deref()
+                .map(crate::config::base_dir_of)
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let journal = Arc::new(Journal::open(config.state_dir.clone()).map_err(StartError::Journal)?);
+    let listener_addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+    let admin_cfg = config.admin.clone();
+    let max_connections = config.limits.max_connections;
+
+    let mut listeners = Vec::new();
+    for addr in &listener_addrs {
+        let l = crate::proxy::bind(*addr).map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        listeners.push(l);
+    }
+    let admin_listener = crate::proxy::bind(admin_cfg.addr).map_err(|source| StartError::Bind {
+        addr: admin_cfg.addr,
+        source,
+    })?;
+
+    let metrics = Metrics::new();
+    let control = Arc::new(ControlPlane::new(
+        config,
+        base_dir,
+        metrics.clone(),
+        journal,
+        "startup",
+    ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let mut tasks = Vec::new();
+    let mut proxy_addrs = Vec::new();
+    for l in listeners {
+        proxy_addrs.push(l.local_addr().expect("a bound listener has an address"));
+        tasks.push(tokio::spawn(crate::proxy::serve(
+            l,
+            control.table_handle(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let admin = Arc::new(Admin {
+        control: control.clone(),
+        token: admin_cfg.token.clone(),
+        ready: Default::default(),
+    });
+    tasks.push(tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(metrics.upkeep_loop(Duration::from_secs(5))));
+    let watch_every = options.watch_interval.unwrap_or(Duration::from_secs(1));
+    if let (Some(path), false) = (&options.config_path, watch_every.is_zero()) {
+        tasks.push(tokio::spawn(crate::reload::watch_file(
+            control.clone(),
+            path.clone(),
+            watch_every,
+            shutdown_rx.clone(),
+        )));
+    }
+    admin.ready.store(true, Ordering::Release);
+    let listening: Vec<String> = proxy_addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(proxy = %listening.join(","), admin = %admin_addr, "sluice is serving");
+    Ok(Running {
+        proxy_addrs,
+        admin_addr,
+        control,
+        config_path: options.config_path,
+        shutdown,
+        connections,
+        max_connections,
+        tasks,
+    })
+}
+
+impl Running {
+    /// The first proxy listener's address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addrs[0]
+    }
+
+    /// Re-reads the config file (what SIGHUP does).
+    pub fn reload(&self, actor: &str) -> Result<u64, crate::config::Problems> {
+        match &self.config_path {
+            Some(p) => crate::reload::reload_file(&self.control, p, actor),
+            None => Err(crate::config::Problem::new(
+                "",
+                "started without a config file; nothing to reload",
+            )
+            .into()),
+        }
+    }
+
+    /// Stops accepting, asks open connections to finish (keep-alives close
+    /// after their response, HTTP/2 gets GOAWAY), waits for them up to the
+    /// drain timeout, then stops everything. Returns whether all finished.
+    pub async fn shutdown(self) -> bool {
+        let drain = self.control.current().config.limits.drain_timeout;
+        let _ = self.shutdown.send(true);
+        tracing::info!(?drain, "draining");
+        let all = tokio::time::timeout(
+            drain,
+            self.connections.acquire_many(self.max_connections as u32),
+        )
+        .await
+        .is_ok();
+        if !all {
+            tracing::warn!("drain timeout reached with connections still open");
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        all
+    }
+}

@@ -1,0 +1,254 @@
+//! A live, lock-free window of one backend's outcomes: counts by class and a
+//! latency histogram per one-second slot, in a ring that covers the window.
+//!
+//! Recording is O(1) atomics on the request path; reading sums the slots off
+//! the path. Time is passed in (seconds on a monotonic clock) so tests drive
+//! it directly.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The outcome class of one request, as in `sluice_requests_total{class}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Informational2xx,
+    Redirect3xx,
+    Client4xx,
+    Server5xx,
+    /// No usable response from the backend: connect failure, reset, timeout.
+    Error,
+}
+
+impl Class {
+    pub const ALL: [Class; 5] = [
+        Class::Informational2xx,
+        Class::Redirect3xx,
+        Class::Client4xx,
+        Class::Server5xx,
+        Class::Error,
+    ];
+
+    /// The class of a final status. 1xx and 2xx count as `2xx`.
+    pub fn of_status(status: u16) -> Class {
+        match status {
+            300..=399 => Class::Redirect3xx,
+            400..=499 => Class::Client4xx,
+            500..=599 => Class::Server5xx,
+            _ => Class::Informational2xx,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Informational2xx => "2xx",
+            Class::Redirect3xx => "3xx",
+            Class::Client4xx => "4xx",
+            Class::Server5xx => "5xx",
+            Class::Error => "error",
+        }
+    }
+
+    /// A failure in the sense of the success rate: the backend broke, not the client.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Class::Server5xx | Class::Error)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Latencies are kept in microseconds with 5 significant bits (HdrHistogram
+/// style): values below 64 µs exactly, above that 32 sub-buckets per power of
+/// two, so a bucket's midpoint is within 1.6 % of any value in it.
+const SUB_BITS: u32 = 5;
+const SUB: usize = 1 << SUB_BITS;
+const LINEAR: u64 = 2 * SUB as u64;
+/// Up to 2^32 µs (71 minutes); longer latencies land in the last bucket.
+const BUCKETS: usize = 2 * SUB + (32 - SUB_BITS as usize - 1) * SUB;
+
+fn bucket_of(micros: u64) -> usize {
+    let v = micros.min(u32::MAX as u64);
+    if v < LINEAR {
+        return v as usize;
+    }
+    let top = 63 - v.leading_zeros(); // >= SUB_BITS + 1
+    let sub = ((v >> (top - SUB_BITS)) as usize) & (SUB - 1);
+    2 * SUB + (top - SUB_BITS - 1) as usize * SUB + sub
+}
+
+/// The representative value (midpoint) of a bucket, in microseconds.
+fn bucket_value(index: usize) -> f64 {
+    if index < LINEAR as usize {
+        return index as f64;
+    }
+    let i = index - 2 * SUB;
+    let top = (i / SUB) as u32 + SUB_BITS + 1;
+    let sub = (i % SUB) as u64;
+    let width = 1u64 << (top - SUB_BITS);
+    let low = (1u64 << top) + sub * width;
+    low as f64 + width as f64 / 2.0
+}
+
+struct Slot {
+    /// Which second this slot currently holds; `u64::MAX` when never used.
+    epoch: AtomicU64,
+    classes: [AtomicU64; 5],
+    /// Allocated the first time the slot records, so idle backends of a large
+    /// table cost only their slot headers.
+    latency: OnceLock<Box<[AtomicU32]>>,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            epoch: AtomicU64::new(u64::MAX),
+            classes: Default::default(),
+            latency: OnceLock::new(),
+        }
+    }
+}
+
+/// A ring of one-second slots.
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window")
+            .field("seconds", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Window {
+    /// A window able to answer for spans up to `span` (at least one minute).
+    pub fn new(span: Duration) -> Self {
+        let seconds = span.as_secs().max(60) as usize + 1;
+        Window {
+            slots: (0..seconds).map(|_| Slot::new()).collect(),
+        }
+    }
+
+    /// The longest span this window can answer for.
+    pub fn span(&self) -> Duration {
+        Duration::from_secs(self.slots.len() as u64 - 1)
+    }
+
+    /// Records one outcome at second `now_sec`. Lock-free; a request racing
+    /// the rollover into a new second may be lost, never double-counted into
+    /// another second.
+    pub fn record(&self, now_sec: u64, class: Class, latency: Duration) {
+        let slot = &self.slots[(now_sec % self.slots.len() as u64) as usize];
+        let seen = slot.epoch.load(Relaxed);
+        if seen != now_sec {
+            if seen != u64::MAX && seen > now_sec {
+                return; // a stale clock reading; the slot already moved on
+            }
+            if slot
+                .epoch
+                .compare_exchange(seen, now_sec, Relaxed, Relaxed)
+                .is_ok()
+            {
+                for c in &slot.classes {
+                    c.store(0, Relaxed);
+                }
+                if let Some(h) = slot.latency.get() {
+                    for b in h.iter() {
+                        b.store(0, Relaxed);
+                    }
+                }
+            }
+        }
+        slot.classes[class.index()].fetch_add(1, Relaxed);
+        if class != Class::Error {
+            let h = slot
+                .latency
+                .get_or_init(|| (0..BUCKETS).map(|_| AtomicU32::new(0)).collect());
+            h[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Sums the last `span` seconds up to and including `now_sec`.
+    pub fn snapshot(&self, now_sec: u64, span: Duration) -> Snapshot {
+        let span = span.as_secs().clamp(1, self.slots.len() as u64 - 1);
+        let oldest = now_sec.saturating_sub(span - 1);
+        let mut snap = Snapshot::default();
+        let mut latency: Option<Vec<u64>> = None;
+        for slot in self.slots.iter() {
+            let epoch = slot.epoch.load(Relaxed);
+            if epoch == u64::MAX || epoch < oldest || epoch > now_sec {
+                continue;
+            }
+            for (sum, c) in snap.classes.iter_mut().zip(&slot.classes) {
+                *sum += c.load(Relaxed);
+            }
+            if let Some(h) = slot.latency.get() {
+                let acc = latency.get_or_insert_with(|| vec![0; BUCKETS]);
+                for (a, b) in acc.iter_mut().zip(h.iter()) {
+                    *a += b.load(Relaxed) as u64;
+                }
+            }
+        }
+        snap.latency = latency;
+        snap
+    }
+}
+
+/// The sum of a window's slots over a span.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    classes: [u64; 5],
+    latency: Option<Vec<u64>>,
+}
+
+impl Snapshot {
+    pub fn count(&self, class: Class) -> u64 {
+        self.classes[class.index()]
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.classes.iter().sum()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.count(Class::Server5xx) + self.count(Class::Error)
+    }
+
+    /// Share of requests that did not fail, or `None` with no requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then(|| 1.0 - self.failures() as f64 / n as f64)
+    }
+
+    /// The `q` quantile (0..=1) of latency to response headers, over
+    /// requests that got a response.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let h = self.latency.as_ref()?;
+        let total: u64 = h.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in h.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_nanos((bucket_value(i) * 1000.0) as u64));
+            }
+        }
+        None
+    }
+
+    /// How many responses took longer than `limit` (bucket resolution).
+    pub fn slower_than(&self, limit: Duration) -> u64 {
+        let Some(h) = &self.latency else { return 0 };
+        let edge = bucket_of(limit.as_micros() as u64);
+        h[edge + 1..].iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

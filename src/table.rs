@@ -1,0 +1,252 @@
+//! The compiled, immutable routing table the data plane reads, one
+//! `ArcSwap::load` per request.
+//!
+//! A table is built from a validated [`Config`] plus the [`Registry`] of
+//! connection pools and live windows that outlive any one table: a backend
+//! that stays in the new table keeps its warm connections and its window; a
+//! backend that leaves it loses both once the last request using them ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Config, HostMatch, StickyKey};
+use crate::split::{self, Split};
+use crate::stats::prom::Metrics;
+use crate::stats::BackendStats;
+use crate::upstream::{Pool, PoolKey};
+
+/// One version of the routing table.
+#[derive(Debug)]
+pub struct Table {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub routes: Box<[Route]>,
+    router: Router,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    host: Option<HostMatch>,
+    path_prefix: Option<String>,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    pub backends: Box<[Backend]>,
+    pub split: Split,
+    pub sticky: Option<StickyKey>,
+    pub override_header: Option<HeaderName>,
+    pub timeout: Duration,
+    pub baseline: usize,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: Arc<str>,
+    pub weight: u32,
+    pub pool: Arc<Pool>,
+    pub stats: Arc<BackendStats>,
+}
+
+impl Route {
+    /// Whether this route takes a request; `host` is lowercase without port.
+    fn matches(&self, host: &str, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(prefix) = &self.path_prefix {
+            if !path.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| headers.get(name) == Some(value))
+            && match &self.host {
+                None => true,
+                Some(HostMatch::Exact(h)) => h == host,
+                Some(HostMatch::Suffix(s)) => host.len() > s.len() && host.ends_with(s.as_str()),
+            }
+    }
+
+    /// The backend index for a request: override, sticky, or weighted draw.
+    pub fn pick(&self, headers: &HeaderMap) -> usize {
+        if let Some(name) = &self.override_header {
+            if let Some(v) = headers.get(name) {
+                if let Some(i) = self
+                    .backends
+                    .iter()
+                    .position(|b| b.name.as_bytes() == v.as_bytes())
+                {
+                    return i;
+                }
+            }
+        }
+        if let Some(key) = &self.sticky {
+            let value = match key {
+                StickyKey::Header(h) => headers.get(h).map(|v| v.as_bytes()),
+                StickyKey::Cookie(c) => headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .find_map(|v| split::cookie_value(v.as_bytes(), c)),
+            };
+            if let Some(v) = value {
+                return self.split.pick_sticky(v);
+            }
+        }
+        self.split.pick_random()
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+}
+
+/// Finds the first route, in file order, that matches a request. Routes with
+/// an exact host are indexed by it, so a table of thousands of virtual hosts
+/// does not scan them all.
+#[derive(Debug, Default)]
+struct Router {
+    by_host: HashMap<String, Vec<u32>>,
+    /// Routes with a wildcard host or none: they may match any host.
+    general: Vec<u32>,
+}
+
+impl Router {
+    fn new(routes: &[Route]) -> Self {
+        let mut r = Router::default();
+        for (i, route) in routes.iter().enumerate() {
+            match &route.host {
+                Some(HostMatch::Exact(h)) => r.by_host.entry(h.clone()).or_default().push(i as u32),
+                _ => r.general.push(i as u32),
+            }
+        }
+        r
+    }
+}
+
+impl Table {
+    /// The route for a request, by host (lowercase, no port), path and headers.
+    pub fn route(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        let exact: &[u32] = self.router.by_host.get(host).map_or(&[], |v| v.as_slice());
+        let general = self.router.general.as_slice();
+        // Merge the two ordered candidate lists so file order decides.
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let next = match (exact.get(i), general.get(j)) {
+                (Some(a), Some(b)) if a < b => {
+                    i += 1;
+                    *a
+                }
+                (_, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, None) => return None,
+            };
+            let route = &self.routes[next as usize];
+            if route.matches(host, path, headers) {
+                return Some(route);
+            }
+        }
+    }
+
+    pub fn route_named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+/// Pools and live windows that outlive a table version.
+#[derive(Debug)]
+pub struct Registry {
+    pub metrics: Metrics,
+    pools: HashMap<PoolKey, Arc<Pool>>,
+    stats: HashMap<(Arc<str>, Arc<str>), Arc<BackendStats>>,
+    /// The longest span the live windows must answer for.
+    window_span: Duration,
+}
+
+impl Registry {
+    pub fn new(metrics: Metrics) -> Self {
+        Registry {
+            metrics,
+            pools: HashMap::new(),
+            stats: HashMap::new(),
+            window_span: Duration::from_secs(60),
+        }
+    }
+
+    /// Builds the table for `config`, reusing pools and windows of backends
+    /// that stay, and forgetting those that leave.
+    pub fn compile(&mut self, config: Arc<Config>, version: u64) -> Table {
+        let mut pools = HashMap::new();
+        let mut stats = HashMap::new();
+        let limits = config.limits;
+        let routes: Box<[Route]> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let backends = r
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let key = PoolKey {
+                            upstream: b.target.clone(),
+                            connect_timeout: limits.connect_timeout,
+                            idle_timeout: limits.idle_timeout,
+                        };
+                        let pool = self
+                            .pools
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Pool::new(&key)));
+                        pools.insert(key, pool.clone());
+                        let id = (r.name.clone(), b.name.clone());
+                        let s = self.stats.get(&id).cloned().unwrap_or_else(|| {
+                            BackendStats::new(&self.metrics, &r.name, &b.name, self.window_span)
+                        });
+                        stats.insert(id, s.clone());
+                        self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
+                        Backend {
+                            name: b.name.clone(),
+                            weight: b.weight,
+                            pool,
+                            stats: s,
+                        }
+                    })
+                    .collect::<Box<[Backend]>>();
+                let weights: Vec<u32> = r.backends.iter().map(|b| b.weight).collect();
+                Route {
+                    name: r.name.clone(),
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    headers: r.headers.clone().into_boxed_slice(),
+                    backends,
+                    split: Split::new(&r.name, &weights),
+                    sticky: r.sticky.clone(),
+                    override_header: r.override_header.clone(),
+                    timeout: r.timeout,
+                    baseline: r.baseline,
+                }
+            })
+            .collect();
+        // Backends that left: zero their weight gauge so dashboards do not
+        // show a stale share.
+        for (route, backend) in self.stats.keys() {
+            if !stats.contains_key(&(route.clone(), backend.clone())) {
+                self.metrics.weight(route, backend).set(0.0);
+            }
+        }
+        self.pools = pools;
+        self.stats = stats;
+        let router = Router::new(&routes);
+        Table {
+            version,
+            config,
+            routes,
+            router,
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Forwarding as a proxy should: headers, bodies, protocols, failures,
+//! limits and inline metrics, against real backends.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn one(name: &str, url: String) -> String {
+    route_yaml(
+        "override_header: x-sluice-backend",
+        &[(Box::leak(name.to_string().into_boxed_str()), url, 1)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_cleaned_and_forwarded_for_is_set() {
+    let b = Backend::start("b").await;
+    let p = start_proxy(&one("b", b.url())).await;
+    let c = client();
+    let (s, _) = get(
+        &c,
+        &format!("http://{}/path?q=1", p.proxy_addr()),
+        &[
+            ("host", "shop.test"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic xyz"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("te", "trailers"),
+            ("x-app", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let h = b.state.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        h["host"], "shop.test",
+        "the client's Host reaches the backend"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-app"], "kept");
+    assert_eq!(h["te"], "trailers");
+    for gone in ["x-private", "keep-alive", "proxy-authorization"] {
+        assert!(!h.contains_key(gone), "{gone} must not cross the proxy");
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways() {
+    let b = Backend::start("b").await;
+    let p = start_proxy(&one("b", b.url())).await;
+    let c = client();
+    let big = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+    let (s, _, body) = send(
+        &c,
+        "POST",
+        &format!("http://{}/upload", p.proxy_addr()),
+        &[],
+        big,
+    )
+    .await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "b 3145728"));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_from_clients_and_to_backends() {
+    let h1 = Backend::start("h1").await;
+    let h2 = Backend::start_h2c("h2").await;
+    let yaml = format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+  - {{ name: grpc, match: {{ path_prefix: /grpc }}, backends: [{{ name: h2, url: \"{}\", protocol: h2c }}] }}\n\
+  - {{ name: web, backends: [{{ name: h1, url: \"{}\" }}] }}\n",
+        h2.url(), h1.url()
+    );
+    let p = start_proxy(&yaml).await;
+    for c in [client(), h2_client()] {
+        let base = format!("http://{}", p.proxy_addr());
+        assert_eq!(who(&get(&c, &format!("{base}/grpc/x"), &[]).await.1), "h2");
+        assert_eq!(who(&get(&c, &format!("{base}/"), &[]).await.1), "h1");
+    }
+    p.shutdown().await;
+}
+
+async fn status_of(url: String) -> (u16, String) {
+    let (s, b) = get(&client(), &url, &[]).await;
+    (s.as_u16(), b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_backends_give_502_and_slow_ones_504() {
+    let refused = closed_port().await;
+    let (reset, _t1) = start_broken(false).await;
+    let (garbage, _t2) = start_broken(true).await;
+    let slow = Backend::start("slow").await;
+    slow.state
+        .delay_ms
+        .store(2_000, std::sync::atomic::Ordering::Relaxed);
+    let yaml = format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+  - {{ name: refused, match: {{ path_prefix: /refused }}, backends: [{{ name: x, url: \"http://{refused}\" }}] }}\n\
+  - {{ name: reset, match: {{ path_prefix: /reset }}, backends: [{{ name: x, url: \"http://{reset}\" }}] }}\n\
+  - {{ name: garbage, match: {{ path_prefix: /garbage }}, backends: [{{ name: x, url: \"http://{garbage}\" }}] }}\n\
+  - {{ name: slow, timeout: 200ms, backends: [{{ name: x, url: \"{}\" }}] }}\n",
+        slow.url()
+    );
+    let p = start_proxy(&yaml).await;
+    let base = format!("http://{}", p.proxy_addr());
+    for path in ["refused", "reset", "garbage"] {
+        let (s, body) = status_of(format!("{base}/{path}")).await;
+        assert_eq!(s, 502, "/{path}: {body}");
+    }
+    let started = Instant::now();
+    let (s, _) = status_of(format!("{base}/slow")).await;
+    assert_eq!(s, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the route timeout must fire"
+    );
+    // Every one of them counts as an error of its backend, never as 4xx.
+    let m = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[])
+        .await
+        .1;
+    for route in ["refused", "reset", "garbage", "slow"] {
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_requests_total",
+                &[("route", route), ("class", "error")]
+            ),
+            1.0,
+            "{route}"
+        );
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_count_what_backends_saw() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    canary
+        .state
+        .fail_every
+        .store(4, std::sync::atomic::Ordering::Relaxed);
+    let p = start_proxy(&route_yaml(
+        "",
+        &[("stable", stable.url(), 50), ("canary", canary.url(), 50)],
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://{}/", p.proxy_addr());
+    for _ in 0..400 {
+        get(&c, &url, &[]).await;
+    }
+    let m = get(&c, &format!("http://{}/metrics", p.admin_addr), &[])
+        .await
+        .1;
+    for b in [&stable, &canary] {
+        let l = |class| {
+            metric(
+                &m,
+                "sluice_requests_total",
+                &[("backend", b.name), ("class", class)],
+            )
+        };
+        assert_eq!(l("2xx") as u64, b.state.count(200), "{} 2xx", b.name);
+        assert_eq!(l("5xx") as u64, b.state.count(500), "{} 5xx", b.name);
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_request_duration_seconds_count",
+                &[("backend", b.name)]
+            ) as u64,
+            b.state.seen(),
+            "{} histogram count",
+            b.name
+        );
+    }
+    assert!(canary.state.count(500) > 0);
+    let status: serde_json::Value = serde_json::from_str(
+        &get(&c, &format!("http://{}/status", p.admin_addr), &[])
+            .await
+            .1,
+    )
+    .unwrap();
+    let backends = status["routes"][0]["backends"].as_array().unwrap();
+    let can = backends.iter().find(|b| b["name"] == "canary").unwrap();
+    assert_eq!(can["requests"].as_u64().unwrap(), canary.state.seen());
+    let expected = 100.0 * (1.0 - canary.state.count(500) as f64 / canary.state.seen() as f64);
+    assert!((can["success_rate"].as_f64().unwrap() - expected).abs() < 0.01);
+    assert!(can["p99_ms"].as_f64().unwrap() > 0.0);
+    p.shutdown().await;
+}
+
+/// Sends raw bytes and returns whatever comes back before the server closes
+/// or 3 s pass.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_fire() {
+    let b = Backend::start("b").await;
+    let yaml = one("b", b.url()).replace(
+        "routes:",
+        "limits: { max_header_bytes: 8192, max_body_bytes: 1000, header_read_timeout: 300ms, idle_timeout: 400ms }\nroutes:",
+    );
+    let p = start_proxy(&yaml).await;
+    let addr = p.proxy_addr();
+    let c = client();
+    let base = format!("http://{addr}");
+
+    let huge = "x".repeat(10_000);
+    let (s, _) = get(&c, &format!("{base}/"), &[("x-big", &huge)]).await;
+    assert_eq!(s, 431);
+
+    let (s, _, _) = send(&c, "POST", &format!("{base}/"), &[], vec![1u8; 1001]).await;
+    assert_eq!(s, 413, "declared length over the limit");
+    // A streamed body with no declared length is cut when it passes the limit.
+    let mut req =
+        b"POST / HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"1f4\r\n");
+        req.extend_from_slice(&[b'a'; 500]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(addr, &req).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let (s, _, _) = send(&c, "POST", &format!("{base}/"), &[], vec![1u8; 1000]).await;
+    assert_eq!(s, 200, "a body at the limit passes");
+
+    let no_host = raw(addr, b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let two_hosts = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+
+    // A client that starts a request and stalls is cut off.
+    let started = Instant::now();
+    let stalled = raw(addr, b"GET / HTTP/1.1\r\nhost: a\r\n").await;
+    let took = started.elapsed();
+    assert!(stalled.is_empty() || !stalled.contains("200"), "{stalled}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2_500),
+        "closed after {took:?}"
+    );
+
+    // An idle keep-alive connection is closed after the idle timeout, not
+    // after the (shorter) header read timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection should be closed"
+    );
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(350),
+        "closed too early: {idle:?}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_requests_get_404() {
+    let b = Backend::start("b").await;
+    let yaml = format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+  - {{ name: only, match: {{ path_prefix: /api }}, backends: [{{ name: b, url: \"{}\" }}] }}\n",
+        b.url()
+    );
+    let p = start_proxy(&yaml).await;
+    let (s, body) = status_of(format!("http://{}/other", p.proxy_addr())).await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(b.state.seen(), 0);
+    p.shutdown().await;
+}

@@ -1,0 +1,326 @@
+//! Shared pieces of the integration tests: real backends on 127.0.0.1:0
+//! with knobs, a proxy started in-process on port 0, and a pooled client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A hyper backend that answers with its name and counts what it saw.
+pub struct Backend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct BackendState {
+    /// Requests received.
+    pub seen: AtomicU64,
+    /// Requests answered with each status.
+    pub statuses: Mutex<HashMap<u16, u64>>,
+    /// Status to answer with (0 → 200).
+    pub status: AtomicU16,
+    /// Answer every `fail_every`-th request with 500 (0 → never).
+    pub fail_every: AtomicU64,
+    /// Delay before answering, in ms.
+    pub delay_ms: AtomicU64,
+    /// The headers of the last request.
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Requests that carried a given header, by header name.
+    pub marked: Mutex<HashMap<String, u64>>,
+}
+
+impl BackendState {
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Relaxed)
+    }
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn marked(&self, header: &str) -> u64 {
+        self.marked
+            .lock()
+            .unwrap()
+            .get(header)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), false).await
+    }
+
+    /// An h2c-only backend (HTTP/2 with prior knowledge).
+    pub async fn start_h2c(name: &'static str) -> Backend {
+        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), true).await
+    }
+
+    async fn start_on(name: &'static str, listener: TcpListener, h2_only: bool) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(answer(name, &st, req).await) }
+                    });
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    if h2_only {
+                        b = b.http2_only();
+                    }
+                    let _ = b.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Backend {
+            name,
+            addr,
+            state,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(name: &str, st: &BackendState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let n = st.seen.fetch_add(1, Relaxed) + 1;
+    {
+        let mut marked = st.marked.lock().unwrap();
+        for h in req.headers().keys() {
+            if h.as_str().starts_with("x-mark") {
+                *marked.entry(h.as_str().to_string()).or_default() += 1;
+            }
+        }
+    }
+    *st.last_headers.lock().unwrap() = Some(req.headers().clone());
+    let delay = st.delay_ms.load(Relaxed);
+    // Echo the body's length so tests see that bodies stream through.
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let every = st.fail_every.load(Relaxed);
+    let mut status = match st.status.load(Relaxed) {
+        0 => 200,
+        s => s,
+    };
+    if every > 0 && n % every == 0 {
+        status = 500;
+    }
+    *st.statuses.lock().unwrap().entry(status).or_default() += 1;
+    let mut r = Response::new(Full::new(Bytes::from(format!("{name} {}", body.len()))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+/// A TCP server that misbehaves: resets every connection, or answers garbage.
+pub async fn start_broken(garbage: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if garbage {
+                    let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                } else {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+                drop(s);
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Starts sluice in-process from YAML; listeners and admin on port 0.
+pub async fn start_proxy(yaml: &str) -> sluice::server::Running {
+    start_proxy_in(yaml, Path::new(".")).await
+}
+
+pub async fn start_proxy_in(yaml: &str, base: &Path) -> sluice::server::Running {
+    let doc = sluice::config::parse_document(yaml, sluice::config::Syntax::Yaml)
+        .expect("test config parses");
+    let cfg = sluice::config::validate(doc, base).expect("test config is valid");
+    let options = sluice::server::Options {
+        base_dir: Some(base.to_path_buf()),
+        ..Default::default()
+    };
+    sluice::server::start(cfg, options)
+        .await
+        .expect("proxy starts")
+}
+
+/// A config with one route over the given backends (name, url, weight).
+pub fn route_yaml(extra_route: &str, backends: &[(&str, String, u32)]) -> String {
+    let mut y = String::from(
+        "listeners:\n  - addr: 127.0.0.1:0\nadmin:\n  addr: 127.0.0.1:0\nroutes:\n  - name: api\n",
+    );
+    for line in extra_route.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str(&format!("    {line}\n"));
+    }
+    y.push_str("    backends:\n");
+    for (name, url, w) in backends {
+        y.push_str(&format!(
+            "      - {{ name: {name}, url: \"{url}\", weight: {w} }}\n"
+        ));
+    }
+    y
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// One request; returns status, headers and body text.
+pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, String) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.request(b.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .expect("request finished in time")
+    .expect("request got a response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let (s, _, b) = send(c, "GET", url, headers, Bytes::new()).await;
+    (s, b)
+}
+
+/// The backend name a demo-style body starts with.
+pub fn who(body: &str) -> &str {
+    body.split(' ').next().unwrap_or("")
+}
+
+/// Sum of a metric's samples whose labels contain every `want` pair.
+pub fn metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let ok = want
+                .iter()
+                .all(|(k, v)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Starts sluice in-process from a config file it watches every 50 ms.
+pub async fn start_proxy_file(path: &Path) -> sluice::server::Running {
+    let cfg = sluice::config::load(path).expect("test config is valid");
+    sluice::server::start(
+        cfg,
+        sluice::server::Options {
+            config_path: Some(path.to_path_buf()),
+            watch_interval: Some(Duration::from_millis(50)),
+            base_dir: None,
+        },
+    )
+    .await
+    .expect("proxy starts")
+}
+
+/// Polls `check` every 20 ms for up to `within`; panics with `what` if it never holds.
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut check: F) {
+    let deadline = std::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The current table version of a running proxy.
+pub fn version(p: &sluice::server::Running) -> u64 {
+    p.control.current().version
+}
