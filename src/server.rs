@@ -35,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot open the journal in the state directory: {0}")]
     Journal(std::io::Error),
 }
@@ -65,17 +67,22 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         })
         .unwrap_or_else(|| PathBuf::from("."));
     let journal = Arc::new(Journal::open(config.state_dir.clone()).map_err(StartError::Journal)?);
-    let listener_addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+    let listener_specs = config.listeners.clone();
     let admin_cfg = config.admin.clone();
     let max_connections = config.limits.max_connections;
 
     let mut listeners = Vec::new();
-    for addr in &listener_addrs {
-        let l = crate::proxy::bind(*addr).map_err(|source| StartError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        listeners.push(l);
+    for spec in &listener_specs {
+        let tls = match &spec.tls {
+            None => None,
+            Some(files) => Some(
+                crate::proxy::tls::server_config(&files.cert, &files.key)
+                    .map_err(StartError::Tls)?,
+            ),
+        };
+        let addr = spec.addr;
+        let l = crate::proxy::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        listeners.push((l, tls));
     }
     let admin_listener = crate::proxy::bind(admin_cfg.addr).map_err(|source| StartError::Bind {
         addr: admin_cfg.addr,
@@ -94,10 +101,11 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut tasks = Vec::new();
     let mut proxy_addrs = Vec::new();
-    for l in listeners {
+    for (l, tls) in listeners {
         proxy_addrs.push(l.local_addr().expect("a bound listener has an address"));
         tasks.push(tokio::spawn(crate::proxy::serve(
             l,
+            tls,
             control.table_handle(),
             connections.clone(),
             shutdown_rx.clone(),

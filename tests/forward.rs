@@ -300,3 +300,32 @@ async fn unmatched_requests_get_404() {
     assert_eq!(b.state.seen(), 0);
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_new_clients_until_one_leaves() {
+    let b = Backend::start("b").await;
+    let yaml = one("b", b.url()).replace("routes:", "limits: { max_connections: 2 }\nroutes:");
+    let p = start_proxy(&yaml).await;
+    let addr = p.proxy_addr();
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a third connection must wait while two are open"
+    );
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    p.shutdown().await;
+}

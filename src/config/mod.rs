@@ -145,6 +145,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
+    /// Certificate chain and key (PEM), resolved against the config's directory.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,3 +263,6 @@ impl Config {
         self.routes.iter().find(|r| &*r.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests;

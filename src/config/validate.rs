@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::raw::{self, Document};
 use super::{
     duration, AdminConfig, BackendConfig, Config, Forwarded, HostMatch, Limits, ListenerConfig,
-    Problem, Problems, Protocol, RouteConfig, StickyKey, Upstream,
+    Problem, Problems, Protocol, RouteConfig, StickyKey, TlsFiles, Upstream,
 };
 
 /// The most backends one route may split between.
@@ -78,7 +78,7 @@ fn section<T: DeserializeOwned>(
 /// relative paths (token file, state dir) are resolved from.
 pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems> {
     let mut p = Vec::new();
-    let listeners = listeners(&document.listeners, &mut p);
+    let listeners = listeners(&document.listeners, base_dir, &mut p);
     let admin = admin(document.admin.as_ref(), base_dir, &mut p);
     let limits = limits(document.limits.as_ref(), &mut p);
     let forwarded = match document.forwarded.as_deref() {
@@ -136,7 +136,7 @@ fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     }
 }
 
-fn listeners(list: &[raw::Listener], p: &mut Vec<Problem>) -> Vec<ListenerConfig> {
+fn listeners(list: &[raw::Listener], base_dir: &Path, p: &mut Vec<Problem>) -> Vec<ListenerConfig> {
     if list.is_empty() {
         p.push(Problem::new("listeners", "at least one listener is needed"));
     }
@@ -144,6 +144,21 @@ fn listeners(list: &[raw::Listener], p: &mut Vec<Problem>) -> Vec<ListenerConfig
     let mut out = Vec::new();
     for (i, l) in list.iter().enumerate() {
         let path = format!("listeners[{i}]");
+        let tls = l.tls.as_ref().and_then(|t| {
+            let files = TlsFiles {
+                cert: resolve(base_dir, &t.cert),
+                key: resolve(base_dir, &t.key),
+            };
+            // Load once now so that a bad file is a config problem, not a
+            // failure at start.
+            match crate::proxy::tls::server_config(&files.cert, &files.key) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    p.push(Problem::new(format!("{path}.tls"), e));
+                    None
+                }
+            }
+        });
         match l.addr.parse::<SocketAddr>() {
             Ok(addr) => {
                 if addr.port() != 0 && !seen.insert(addr) {
@@ -152,7 +167,7 @@ fn listeners(list: &[raw::Listener], p: &mut Vec<Problem>) -> Vec<ListenerConfig
                         format!("{addr} is listed twice"),
                     ));
                 }
-                out.push(ListenerConfig { addr });
+                out.push(ListenerConfig { addr, tls });
             }
             Err(_) => p.push(Problem::new(
                 format!("{path}.addr"),
@@ -161,12 +176,6 @@ fn listeners(list: &[raw::Listener], p: &mut Vec<Problem>) -> Vec<ListenerConfig
                     l.addr
                 ),
             )),
-        }
-        if l.tls.is_some() {
-            p.push(Problem::new(
-                format!("{path}.tls"),
-                "TLS listeners are not supported by this build yet; terminate TLS in front of sluice",
-            ));
         }
     }
     out

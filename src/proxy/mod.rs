@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod headers;
 pub mod service;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,10 +26,12 @@ use service::ProxyService;
 /// tracks what is still open.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     table: Arc<ArcSwap<Table>>,
     connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let local = listener.local_addr().ok();
     loop {
         // Backpressure: at max_connections, stop accepting until one closes;
@@ -56,23 +59,41 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let table = table.clone();
         let shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, table, shutdown).await;
+            let state = ConnState::new();
+            let io = MeteredIo::new(stream, state.clone());
+            match acceptor {
+                None => serve_connection(io, state, peer, false, table, shutdown).await,
+                Some(acceptor) => {
+                    let timeout = table.load().config.limits.header_read_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, state, peer, true, table, shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<ConnState>,
     peer: SocketAddr,
+    tls: bool,
     table: Arc<ArcSwap<Table>>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = table.load().config.limits;
-    let state = ConnState::new();
-    let service = ProxyService::new(table, state.clone(), peer.ip(), false);
-    let io = TokioIo::new(MeteredIo::new(stream, state.clone()));
+    let service = ProxyService::new(table, state.clone(), peer.ip(), tls);
+    let io = TokioIo::new(io);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -1,0 +1,102 @@
+use std::path::Path;
+
+use super::*;
+
+fn check(yaml: &str) -> Result<Config, Problems> {
+    validate(parse_document(yaml, Syntax::Yaml)?, Path::new("."))
+}
+
+const ROUTE: &str =
+    "routes:\n  - { name: api, backends: [{ name: a, url: \"http://127.0.0.1:9001\" }] }\n";
+
+#[test]
+fn defaults_apply() {
+    let c = check(&format!(
+        "listeners: [{{ addr: \"127.0.0.1:8080\" }}]\n{ROUTE}"
+    ))
+    .unwrap();
+    assert_eq!(c.admin.addr.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.forwarded, Forwarded::Append);
+    let r = &c.routes[0];
+    assert_eq!(
+        (r.baseline, r.timeout.as_secs(), r.backends[0].weight),
+        (0, 30, 1)
+    );
+    assert_eq!(r.backends[0].target.authority.as_str(), "127.0.0.1:9001");
+}
+
+#[test]
+fn a_reachable_admin_needs_a_token() {
+    let err = check(&format!(
+        "listeners: [{{ addr: \"0.0.0.0:8080\" }}]\nadmin: {{ addr: \"0.0.0.0:9901\" }}\n{ROUTE}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("admin.addr: 0.0.0.0:9901 is reachable from other hosts"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t"), "x\n").unwrap();
+    let doc = parse_document(
+        &format!("listeners: [{{ addr: \"0.0.0.0:8080\" }}]\nadmin: {{ addr: \"[::]:9901\", token_file: t }}\n{ROUTE}"),
+        Syntax::Yaml,
+    )
+    .unwrap();
+    let c = validate(doc, dir.path()).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("x"));
+}
+
+#[test]
+fn hosts_weights_and_limits_are_checked() {
+    let yaml = "listeners: [{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:1\" }]\nforwarded: sometimes\nlimits: { idle_timeout: 0s, max_header_bytes: 100, connect_timeout: soon }\nroutes:\n  - name: api\n    match: { host: \"*.\", path_prefix: v1 }\n    backends: [{ name: a, url: \"http://127.0.0.1:1\", weight: 2000000, protocol: h3 }]\n";
+    let problems: Vec<String> = check(yaml)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|p| p.path.clone())
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "listeners[1].addr",
+            "limits.idle_timeout",
+            "limits.connect_timeout",
+            "limits.max_header_bytes",
+            "forwarded",
+            "routes[0].match.host",
+            "routes[0].match.path_prefix",
+            "routes[0].backends[0].weight",
+            "routes[0].backends[0].protocol",
+        ]
+    );
+}
+
+#[test]
+fn json_and_yaml_read_alike() {
+    let json = r#"{"listeners":[{"addr":"127.0.0.1:8080"}],"routes":[{"name":"api","sticky":{"cookie":"y"},"backends":[{"name":"a","url":"http://127.0.0.1:9001"}]}]}"#;
+    let a = parse_document(json, Syntax::Json).unwrap();
+    let b = parse_document(json, Syntax::Yaml).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        a.routes[0].sticky.as_ref().unwrap().cookie.as_deref(),
+        Some("y")
+    );
+}
+
+#[test]
+fn wildcard_hosts_are_suffixes() {
+    let yaml = ROUTE.replace(
+        "name: api,",
+        "name: api, match: { host: \"*.Example.com\" },",
+    );
+    let c = check(&format!(
+        "listeners: [{{ addr: \"127.0.0.1:8080\" }}]\n{yaml}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.routes[0].host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+}
