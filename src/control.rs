@@ -5,7 +5,7 @@
 //! journals it. Nothing else calls `store`, and changes are serialized, so two
 //! writers never race.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,6 +36,14 @@ pub enum Change {
     Rollback { route: String },
     /// The document of an earlier version.
     Restore { version: u64 },
+    /// A rollout controller's weights for its route: named backends get
+    /// their weight, the others 0. Remembered, so that a reload of a config
+    /// with the same rollout keeps them.
+    Rollout {
+        route: String,
+        fingerprint: String,
+        weights: BTreeMap<String, u64>,
+    },
 }
 
 impl Change {
@@ -48,12 +56,18 @@ impl Change {
             }
             Change::Rollback { route } => format!("rollback of route {route}"),
             Change::Restore { version } => format!("restore of version {version}"),
+            Change::Rollout { route, weights, .. } => {
+                let w: Vec<String> = weights.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("rollout weights of route {route}: {}", w.join(" "))
+            }
         }
     }
 
     fn route(&self) -> Option<&str> {
         match self {
-            Change::Weights { route, .. } | Change::Rollback { route } => Some(route),
+            Change::Weights { route, .. }
+            | Change::Rollback { route }
+            | Change::Rollout { route, .. } => Some(route),
             _ => None,
         }
     }
@@ -64,6 +78,7 @@ impl Change {
             Change::Weights { .. } => "weights",
             Change::Rollback { .. } => "rollback",
             Change::Restore { .. } => "restore",
+            Change::Rollout { .. } => "rollout_weights",
         }
     }
 }
@@ -95,10 +110,14 @@ pub struct ControlPlane {
     /// Where relative paths of documents sent through the API resolve.
     base_dir: PathBuf,
     state_dir: Option<PathBuf>,
+    /// The version in use, for those who react to swaps (rollout controllers).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 struct Writer {
     registry: Registry,
+    /// Weights rollout controllers set, by route, with their rollout's fingerprint.
+    rollout_weights: HashMap<String, (String, BTreeMap<String, u64>)>,
     history: VecDeque<Version>,
     next_version: u64,
 }
@@ -140,6 +159,7 @@ impl ControlPlane {
             table: Arc::new(ArcSwap::from_pointee(table)),
             writer: std::sync::Mutex::new(Writer {
                 registry,
+                rollout_weights: HashMap::new(),
                 history,
                 next_version: version + 1,
             }),
@@ -147,6 +167,7 @@ impl ControlPlane {
             metrics,
             base_dir,
             state_dir,
+            changes: tokio::sync::watch::channel(version).0,
         };
         cp.persist_history(&cp.lock());
         cp.journal.record(
@@ -166,6 +187,11 @@ impl ControlPlane {
     /// The handle the data plane loads its snapshot from.
     pub fn table_handle(&self) -> Arc<ArcSwap<Table>> {
         self.table.clone()
+    }
+
+    /// Tells of every swap (the new version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The table in use now.
@@ -217,11 +243,21 @@ impl ControlPlane {
         if matches!(change, Change::Replace(_)) && *cfg.document == *current.config.document {
             return Ok(current);
         }
+        if let Change::Rollout {
+            route,
+            fingerprint,
+            weights,
+        } = &change
+        {
+            w.rollout_weights
+                .insert(route.clone(), (fingerprint.clone(), weights.clone()));
+        }
         let version = w.next_version;
         w.next_version += 1;
         let document = cfg.document.clone();
         let table = Arc::new(w.registry.compile(Arc::new(cfg), version));
         self.table.store(table.clone());
+        self.changes.send_replace(version);
         self.metrics.config_version().set(version as f64);
         self.metrics.reloads("ok").increment(1);
         w.history.push_back(Version {
@@ -256,6 +292,32 @@ impl ControlPlane {
     }
 
     fn next_document(
+        &self,
+        w: &Writer,
+        current: &Table,
+        change: &Change,
+    ) -> Result<Document, Rejection> {
+        let mut doc = self.changed_document(w, current, change)?;
+        // Routes under a rollout keep the controller's weights across
+        // reloads and restores, as long as the rollout is the same one.
+        if matches!(change, Change::Replace(_) | Change::Restore { .. }) {
+            for r in &mut doc.routes {
+                let Some(fp) = config::plan::fingerprint(r) else {
+                    continue;
+                };
+                if let Some((known, weights)) = w.rollout_weights.get(&r.name) {
+                    if *known == fp {
+                        for b in &mut r.backends {
+                            b.weight = weights.get(&b.name).copied().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(doc)
+    }
+
+    fn changed_document(
         &self,
         w: &Writer,
         current: &Table,
@@ -306,6 +368,13 @@ impl ControlPlane {
                 } else {
                     Err(Rejection::Invalid(Problems(problems)))
                 }
+            }
+            Change::Rollout { route, weights, .. } => {
+                let r = find_route(&mut doc, route)?;
+                for b in &mut r.backends {
+                    b.weight = weights.get(&b.name).copied().unwrap_or(0);
+                }
+                Ok(doc)
             }
             Change::Rollback { route } => {
                 let baseline = current

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod journal;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod server;
 pub mod split;
 pub mod state;

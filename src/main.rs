@@ -140,6 +140,32 @@ fn check(path: &std::path::Path) -> ExitCode {
                     .map(|b| format!("{} {:.1}%", b.name, b.weight as f64 * 100.0 / total as f64))
                     .collect();
                 println!("  route {}: {}", r.name, split.join(", "));
+                if let Some(plan) = &r.rollout {
+                    let stages: Vec<String> = plan
+                        .stages
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{} % for {}",
+                                s.weight,
+                                sluice::config::duration::format(s.bake)
+                            )
+                        })
+                        .collect();
+                    let gates: Vec<&str> = plan.gates.iter().map(|g| g.name.as_str()).collect();
+                    println!(
+                        "    rollout {} → {}: {}; gates: {}; {} smoke check(s)",
+                        r.backends[plan.baseline].name,
+                        r.backends[plan.canary].name,
+                        stages.join(" → "),
+                        if gates.is_empty() {
+                            "none".to_string()
+                        } else {
+                            gates.join(", ")
+                        },
+                        plan.smoke.len()
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

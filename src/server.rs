@@ -47,6 +47,7 @@ pub struct Running {
     pub proxy_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub control: Arc<ControlPlane>,
+    pub rollouts: Arc<crate::rollout::controller::Rollouts>,
     pub config_path: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Semaphore>,
@@ -114,8 +115,14 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let admin_addr = admin_listener
         .local_addr()
         .expect("a bound listener has an address");
+    let rollouts = crate::rollout::controller::Rollouts::new(
+        control.clone(),
+        control.current().config.state_dir.clone(),
+    );
+    tasks.push(tokio::spawn(rollouts.clone().run()));
     let admin = Arc::new(Admin {
         control: control.clone(),
+        rollouts: rollouts.clone(),
         token: admin_cfg.token.clone(),
         ready: Default::default(),
     });
@@ -141,6 +148,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         proxy_addrs,
         admin_addr,
         control,
+        rollouts,
         config_path: options.config_path,
         shutdown,
         connections,
@@ -183,6 +191,7 @@ impl Running {
         if !all {
             tracing::warn!("drain timeout reached with connections still open");
         }
+        self.rollouts.stop();
         for t in &self.tasks {
             t.abort();
         }

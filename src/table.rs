@@ -163,9 +163,9 @@ impl Table {
 pub struct Registry {
     pub metrics: Metrics,
     pools: HashMap<PoolKey, Arc<Pool>>,
-    stats: HashMap<(Arc<str>, Arc<str>), Arc<BackendStats>>,
-    /// The longest span the live windows must answer for.
-    window_span: Duration,
+    /// Keyed by route, backend and address: a backend that moves to a new
+    /// address (a new deploy) starts with a fresh window.
+    stats: HashMap<(Arc<str>, Arc<str>, String), Arc<BackendStats>>,
 }
 
 impl Registry {
@@ -174,7 +174,6 @@ impl Registry {
             metrics,
             pools: HashMap::new(),
             stats: HashMap::new(),
-            window_span: Duration::from_secs(60),
         }
     }
 
@@ -188,6 +187,10 @@ impl Registry {
             .routes
             .iter()
             .map(|r| {
+                // Windows answer for the status minute and the rollout's window.
+                let span = r.rollout.as_ref().map_or(Duration::from_secs(60), |p| {
+                    p.window.max(Duration::from_secs(60))
+                });
                 let backends = r
                     .backends
                     .iter()
@@ -203,10 +206,19 @@ impl Registry {
                             .cloned()
                             .unwrap_or_else(|| Arc::new(Pool::new(&key)));
                         pools.insert(key, pool.clone());
-                        let id = (r.name.clone(), b.name.clone());
-                        let s = self.stats.get(&id).cloned().unwrap_or_else(|| {
-                            BackendStats::new(&self.metrics, &r.name, &b.name, self.window_span)
-                        });
+                        let id = (
+                            r.name.clone(),
+                            b.name.clone(),
+                            b.target.authority.to_string(),
+                        );
+                        let s = self
+                            .stats
+                            .get(&id)
+                            .filter(|s| s.window.span() >= span)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                BackendStats::new(&self.metrics, &r.name, &b.name, span)
+                            });
                         stats.insert(id, s.clone());
                         self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
                         Backend {
@@ -234,8 +246,8 @@ impl Registry {
             .collect();
         // Backends that left: zero their weight gauge so dashboards do not
         // show a stale share.
-        for (route, backend) in self.stats.keys() {
-            if !stats.contains_key(&(route.clone(), backend.clone())) {
+        for (route, backend, _) in self.stats.keys() {
+            if !stats.keys().any(|(r, b, _)| r == route && b == backend) {
                 self.metrics.weight(route, backend).set(0.0);
             }
         }

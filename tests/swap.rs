@@ -132,7 +132,7 @@ async fn rollback_goes_to_the_rollout_baseline() {
     let a = Backend::start("canary").await;
     let b = Backend::start("stable").await;
     let p = start_proxy(&route_yaml(
-        "rollout: { baseline: stable, canary: canary }",
+        "rollout: { baseline: stable, canary: canary, interval: 1h, gates: { success_rate: { critical: 90 } } }",
         &[("canary", a.url(), 50), ("stable", b.url(), 50)],
     ))
     .await;

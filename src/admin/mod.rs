@@ -23,6 +23,7 @@ use crate::body::ResponseBody;
 use crate::config::{self, Syntax};
 use crate::control::{Change, ControlPlane, Rejection};
 use crate::journal::Query;
+use crate::rollout::controller::{Action, ActionError};
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -30,6 +31,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// What the admin handlers share.
 pub struct Admin {
     pub control: Arc<ControlPlane>,
+    pub rollouts: Arc<crate::rollout::controller::Rollouts>,
     pub token: Option<Arc<str>>,
     /// Set once every listener is bound and serving.
     pub ready: AtomicBool,
@@ -172,7 +174,7 @@ impl Admin {
                 "text/plain; version=0.0.4",
                 control.metrics.render(),
             ),
-            (&Method::GET, ["status"]) => json(StatusCode::OK, &status::status(&control.current())),
+            (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status(&control.current())),
             (&Method::GET, ["config"]) => {
                 let doc = control.current().config.document.clone();
                 if wants_yaml {
@@ -217,12 +219,39 @@ impl Admin {
                         return rejection(Rejection::Invalid(p));
                     }
                 };
+                if self.rollouts.owns_weights(route) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!("route {route} is under a rollout that sets its weights; use its promote, pause, abort or restart"),
+                    );
+                }
                 let change = Change::Weights {
                     route: route.to_string(),
                     weights,
                 };
                 self.applied(control.apply(change, &actor, None))
             }
+            (&Method::POST, ["routes", route, "rollback"]) if self.rollouts.owns_weights(route) => {
+                // Rolling back a route under a rollout aborts the rollout.
+                self.acted(self.rollouts.act(route, Action::Abort, &actor))
+            }
+            (&Method::POST, ["routes", route, "rollout", action]) => match Action::parse(action) {
+                Some(a) => self.acted(self.rollouts.act(route, a, &actor)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no rollout action \"{action}\" (promote, pause, resume, abort, restart)"
+                    ),
+                ),
+            },
+            (&Method::GET, ["routes", route, "report"]) => match self.rollouts.report(route) {
+                Ok(Some(md)) => text(StatusCode::OK, "text/markdown; charset=utf-8", md),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("route {route} has had no rollback to report"),
+                ),
+                Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+            },
             (&Method::POST, ["routes", route, "rollback"]) => {
                 let change = Change::Rollback {
                     route: route.to_string(),
@@ -268,9 +297,10 @@ impl Admin {
             | (_, ["history", _]) => method_not_allowed("GET"),
             (_, ["config"]) => method_not_allowed("GET, PUT"),
             (_, ["routes", _, "weights"]) => method_not_allowed("PUT"),
-            (_, ["routes", _, "rollback"]) | (_, ["history", _, "restore"]) => {
-                method_not_allowed("POST")
-            }
+            (_, ["routes", _, "rollback"])
+            | (_, ["history", _, "restore"])
+            | (_, ["routes", _, "rollout", _]) => method_not_allowed("POST"),
+            (_, ["routes", _, "report"]) => method_not_allowed("GET"),
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {method} {path}"),
@@ -280,9 +310,28 @@ impl Admin {
 
     fn applied(&self, result: Result<Arc<crate::table::Table>, Rejection>) -> Reply {
         match result {
-            Ok(table) => json(StatusCode::OK, &status::status(&table)),
+            Ok(table) => json(StatusCode::OK, &self.status(&table)),
             Err(r) => rejection(r),
         }
+    }
+
+    fn acted(&self, result: Result<(), ActionError>) -> Reply {
+        match result {
+            Ok(()) => json(StatusCode::OK, &self.status(&self.control.current())),
+            Err(ActionError::NoRollout(r)) => {
+                error(StatusCode::NOT_FOUND, format!("route {r} has no rollout"))
+            }
+            Err(ActionError::NotNow(m)) => error(StatusCode::CONFLICT, m),
+            Err(ActionError::Rejected(r)) => rejection(r),
+        }
+    }
+
+    fn status(&self, table: &crate::table::Table) -> status::Status {
+        let mut s = status::status(table);
+        for r in &mut s.routes {
+            r.rollout = self.rollouts.view(&r.name);
+        }
+        s
     }
 }
 

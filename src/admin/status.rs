@@ -26,6 +26,8 @@ pub struct RouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<String>,
     pub backends: Vec<BackendStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::controller::RolloutView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +85,7 @@ pub fn status(table: &Table) -> Status {
                         }
                     })
                     .collect(),
+                rollout: None,
             }
         })
         .collect();

@@ -6,6 +6,7 @@
 //! shows everything that is wrong, not just the first thing.
 
 pub mod duration;
+pub mod plan;
 pub mod raw;
 mod validate;
 
@@ -214,8 +215,8 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Index of the backend `rollback` sends all weight to.
     pub baseline: usize,
-    /// Index of the rollout's canary, when the route has a rollout plan.
-    pub canary: Option<usize>,
+    /// The route's rollout plan, if it has one.
+    pub rollout: Option<Arc<plan::Plan>>,
 }
 
 /// Host matching: exact (`api.example.com`) or any subdomain (`*.example.com`,

@@ -137,9 +137,7 @@ pub struct Mirror {
     pub percent: Option<f64>,
 }
 
-/// Section 3 of the contract. Parsed and checked for references now so that a
-/// config written for rollouts is accepted and its baseline honoured by
-/// `rollback`; the controller that drives it lives in the rollout module.
+/// Section 3 of the contract: a staged rollout of `canary` against `baseline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -158,17 +156,17 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gates: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smoke: Option<serde_json::Value>,
+    pub gates: Option<Gates>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoke: Vec<Smoke>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalate: Option<serde_json::Value>,
+    pub escalate: Option<Escalate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sustained: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub windows: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<DeployWindow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
 }
@@ -178,4 +176,100 @@ pub struct Rollout {
 pub struct Stage {
     pub weight: u64,
     pub bake: String,
+}
+
+/// Warning and critical lines of one gate; numbers (percent, ratio) or
+/// durations (`300ms`) depending on the gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lines<T> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<T>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<Lines<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p50: Option<Lines<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95: Option<Lines<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99: Option<Lines<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p50_vs_baseline: Option<Lines<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_vs_baseline: Option<Lines<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99_vs_baseline: Option<Lines<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_vs_baseline: Option<Lines<f64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<PrometheusGate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusGate {
+    pub name: String,
+    pub url: String,
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<Bound>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<Bound>,
+    /// How far behind the aligned timestamp to read, so every replica sees
+    /// scraped data; default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smoke {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body_contains: Option<String>,
+    /// The answer must come within this (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_latency_below: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalate {
+    pub warnings: u64,
+    pub within: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployWindow {
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
 }

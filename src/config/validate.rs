@@ -429,36 +429,28 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
     }
 
     let mut baseline = 0;
-    let mut canary = None;
+    let mut rollout = None;
     if let Some(plan) = &r.rollout {
         let rp = format!("{path}.rollout");
-        match index_of(&plan.baseline) {
-            Some(i) => baseline = i,
-            None => p.push(Problem::new(
-                format!("{rp}.baseline"),
-                format!(
-                    "no backend named \"{}\" (backends: {})",
-                    plan.baseline,
-                    known()
-                ),
-            )),
-        }
-        match index_of(&plan.canary) {
-            Some(i) => canary = Some(i),
-            None => p.push(Problem::new(
-                format!("{rp}.canary"),
-                format!(
-                    "no backend named \"{}\" (backends: {})",
-                    plan.canary,
-                    known()
-                ),
-            )),
+        let b = index_of(&plan.baseline);
+        let c = index_of(&plan.canary);
+        for (field, name, found) in [("baseline", &plan.baseline, b), ("canary", &plan.canary, c)] {
+            if found.is_none() {
+                p.push(Problem::new(
+                    format!("{rp}.{field}"),
+                    format!("no backend named \"{name}\" (backends: {})", known()),
+                ));
+            }
         }
         if plan.baseline == plan.canary {
             p.push(Problem::new(
                 format!("{rp}.canary"),
                 "must differ from baseline",
             ));
+        }
+        if let (Some(b), Some(c)) = (b, c) {
+            baseline = b;
+            rollout = super::plan::plan(plan, b, c, &rp, p).map(Arc::new);
         }
     }
 
@@ -475,7 +467,7 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
         override_header,
         timeout,
         baseline,
-        canary,
+        rollout,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
 
-pub use window::{Class, Snapshot, Window};
+pub use window::{Class, Lifetime, Snapshot, Window};
 
 /// The monotonic clock windows are keyed by: seconds since the process's
 /// first use of it.
@@ -34,6 +34,7 @@ fn epoch() -> Instant {
 /// swaps do not reset the live window.
 pub struct BackendStats {
     pub window: Window,
+    pub lifetime: Lifetime,
     requests: [Counter; 5],
     duration: Histogram,
     /// Requests sent to this backend, whatever became of them (tests and
@@ -53,6 +54,7 @@ impl BackendStats {
     pub fn new(metrics: &prom::Metrics, route: &str, backend: &str, span: Duration) -> Arc<Self> {
         Arc::new(BackendStats {
             window: Window::new(span),
+            lifetime: Lifetime::default(),
             requests: Class::ALL.map(|c| metrics.requests(route, backend, c.label())),
             duration: metrics.duration(route, backend),
             total: AtomicU64::new(0),
@@ -63,6 +65,7 @@ impl BackendStats {
     pub fn record(&self, class: Class, latency: Duration) {
         self.total.fetch_add(1, Relaxed);
         self.window.record(now_sec(), class, latency);
+        self.lifetime.record(class, latency);
         self.requests[class as usize].increment(1);
         if class != Class::Error {
             self.duration.record(latency.as_secs_f64());

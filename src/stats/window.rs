@@ -197,6 +197,42 @@ impl Window {
     }
 }
 
+/// Counts since the backend first appeared, for evidence that accumulates
+/// across windows (rollout checkpoints take differences of these).
+#[derive(Default)]
+pub struct Lifetime {
+    classes: [AtomicU64; 5],
+    latency: OnceLock<Box<[AtomicU64]>>,
+}
+
+impl std::fmt::Debug for Lifetime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lifetime")
+    }
+}
+
+impl Lifetime {
+    pub fn record(&self, class: Class, latency: Duration) {
+        self.classes[class.index()].fetch_add(1, Relaxed);
+        if class != Class::Error {
+            let h = self
+                .latency
+                .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+            h[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            latency: self
+                .latency
+                .get()
+                .map(|h| h.iter().map(|b| b.load(Relaxed)).collect()),
+        }
+    }
+}
+
 /// The sum of a window's slots over a span.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -205,6 +241,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What happened after `earlier` (a snapshot of the same lifetime counters).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let latency = match (&self.latency, &earlier.latency) {
+            (Some(now), Some(then)) => Some(
+                now.iter()
+                    .zip(then)
+                    .map(|(a, b)| a.saturating_sub(*b))
+                    .collect(),
+            ),
+            (now, _) => now.clone(),
+        };
+        Snapshot {
+            classes: std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i])),
+            latency,
+        }
+    }
+
     pub fn count(&self, class: Class) -> u64 {
         self.classes[class.index()]
     }

@@ -324,3 +324,104 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut ch
 pub fn version(p: &sluice::server::Running) -> u64 {
     p.control.current().version
 }
+
+/// Steady client load in the background: `concurrency` keep-alive clients
+/// sending GETs until stopped, or for at most `limit` (bounded either way).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, concurrency: usize, limit: Duration) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tasks = (0..concurrency)
+            .map(|i| {
+                let (url, stop, ok, failed) =
+                    (url.clone(), stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let until = std::time::Instant::now() + limit;
+                    let mut n = 0u64;
+                    while !stop.load(Relaxed) && std::time::Instant::now() < until {
+                        let user = format!("u{i}-{n}");
+                        n += 1;
+                        let req = Request::get(&url)
+                            .header("x-user-id", user)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        match tokio::time::timeout(Duration::from_secs(5), c.request(req)).await {
+                            Ok(Ok(r)) => {
+                                let good = r.status().is_success();
+                                let _ = r.into_body().collect().await;
+                                if good { &ok } else { &failed }.fetch_add(1, Relaxed);
+                            }
+                            _ => {
+                                failed.fetch_add(1, Relaxed);
+                            }
+                        }
+                        // A gentle rate: a few hundred requests a second in all.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    pub async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// GET a JSON document from the admin API.
+pub async fn admin_json(p: &sluice::server::Running, path: &str) -> serde_json::Value {
+    let (s, body) = get(&client(), &format!("http://{}{path}", p.admin_addr), &[]).await;
+    assert_eq!(s, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The `rollout` object of a route in `/status`.
+pub async fn rollout_status(p: &sluice::server::Running, route: &str) -> serde_json::Value {
+    let s = admin_json(p, "/status").await;
+    s["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == route)
+        .unwrap()["rollout"]
+        .clone()
+}
+
+/// Waits until the route's rollout is in `state` (polling `/status`).
+pub async fn wait_state(
+    p: &sluice::server::Running,
+    route: &str,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = rollout_status(p, route).await;
+        if r["state"] == state {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout never reached {state}; now: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,654 @@
+//! Rollout plans: the typed form of a route's `rollout:` section.
+
+use std::time::Duration;
+
+use super::raw;
+use super::{duration, Problem};
+
+/// A validated rollout plan. Stage weights strictly increase and end at
+/// most at 100; every gate has at least one line; windows open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub baseline: usize,
+    pub canary: usize,
+    pub stages: Vec<StagePlan>,
+    pub interval: Duration,
+    pub window: Duration,
+    pub min_requests: u64,
+    pub confidence: f64,
+    pub gates: Vec<Gate>,
+    pub smoke: Vec<SmokeCheck>,
+    pub on_warning: OnWarning,
+    pub escalate: Option<(u64, Duration)>,
+    pub sustained: Option<Duration>,
+    pub windows: Vec<DeployWindow>,
+    pub started_at: Option<jiff::Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagePlan {
+    /// The canary's share, percent.
+    pub weight: u32,
+    pub bake: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnWarning {
+    Pause,
+    Ignore,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    /// As written in the config: `success_rate`, `latency_p95`, or a Prometheus gate's name.
+    pub name: String,
+    pub kind: GateKind,
+    pub warning: Option<Line>,
+    pub critical: Option<Line>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateKind {
+    /// Percent of canary responses that are not 5xx or errors.
+    SuccessRate,
+    /// Canary latency quantile, in milliseconds.
+    Latency { quantile: f64 },
+    /// Canary latency quantile over the baseline's, as a ratio.
+    LatencyVsBaseline { quantile: f64 },
+    /// Canary error rate over the baseline's, as a ratio.
+    ErrorRateVsBaseline,
+    /// A number from a Prometheus server, read at aligned timestamps.
+    Prometheus {
+        url: String,
+        query: String,
+        lag: Duration,
+    },
+}
+
+/// Where a gate's value turns bad.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Line {
+    /// Bad when the value is below this.
+    Below(f64),
+    /// Bad when the value is above this.
+    Above(f64),
+}
+
+impl Line {
+    pub fn crossed_by(self, value: f64) -> bool {
+        match self {
+            Line::Below(l) => value < l,
+            Line::Above(l) => value > l,
+        }
+    }
+
+    pub fn value(self) -> f64 {
+        match self {
+            Line::Below(v) | Line::Above(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmokeCheck {
+    pub name: String,
+    pub method: http::Method,
+    pub path: http::uri::PathAndQuery,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: String,
+    pub expect_status: u16,
+    pub expect_body_contains: Option<String>,
+    pub expect_latency_below: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployWindow {
+    /// Days as `jiff::civil::Weekday::to_monday_one_offset` (1 = Monday).
+    pub days: Vec<i8>,
+    /// Minutes after midnight; `from > to` spans midnight.
+    pub from: u16,
+    pub to: u16,
+    pub tz: jiff::tz::TimeZone,
+}
+
+impl DeployWindow {
+    pub fn contains(&self, at: jiff::Timestamp) -> bool {
+        let local = at.to_zoned(self.tz.clone());
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        let day = local.weekday().to_monday_one_offset();
+        if self.from < self.to {
+            self.days.contains(&day) && (self.from..self.to).contains(&minute)
+        } else {
+            // Spans midnight: the evening belongs to the listed day, the
+            // early morning to the day after it.
+            let yesterday = if day == 1 { 7 } else { day - 1 };
+            (self.days.contains(&day) && minute >= self.from)
+                || (self.days.contains(&yesterday) && minute < self.to)
+        }
+    }
+}
+
+impl Plan {
+    /// Whether advancing is allowed at `at` (always, without windows).
+    pub fn window_open(&self, at: jiff::Timestamp) -> bool {
+        self.windows.is_empty() || self.windows.iter().any(|w| w.contains(at))
+    }
+}
+
+/// The preset schedules of the staged-deployment practice.
+pub fn preset(risk: &str) -> Option<Vec<StagePlan>> {
+    let s = |weight, secs| StagePlan {
+        weight,
+        bake: Duration::from_secs(secs),
+    };
+    const M: u64 = 60;
+    const H: u64 = 3600;
+    Some(match risk {
+        "low" => vec![s(10, 15 * M), s(50, 15 * M), s(100, 15 * M)],
+        "medium" => vec![s(10, 2 * H), s(50, 4 * H), s(100, 24 * H)],
+        "high" => vec![
+            s(1, 8 * H),
+            s(10, 4 * H),
+            s(25, 4 * H),
+            s(50, 4 * H),
+            s(75, 4 * H),
+            s(100, 4 * H),
+        ],
+        _ => return None,
+    })
+}
+
+struct Ctx<'a> {
+    path: String,
+    p: &'a mut Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, field: &str, message: impl Into<String>) {
+        let path = if field.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}.{field}", self.path)
+        };
+        self.p.push(Problem::new(path, message));
+    }
+
+    fn duration(&mut self, field: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text.map(duration::parse) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.problem(field, "must be longer than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.problem(field, e);
+                default
+            }
+        }
+    }
+}
+
+/// Validates a rollout section; `baseline` and `canary` are the backend
+/// indices the caller resolved (and reported, if unknown).
+pub fn plan(
+    r: &raw::Rollout,
+    baseline: usize,
+    canary: usize,
+    path: &str,
+    p: &mut Vec<Problem>,
+) -> Option<Plan> {
+    let before = p.len();
+    let mut c = Ctx {
+        path: path.to_string(),
+        p,
+    };
+
+    let stages = match (&r.stages, r.risk.as_deref()) {
+        (Some(list), _) => {
+            if list.is_empty() {
+                c.problem("stages", "list at least one stage");
+            }
+            let mut out = Vec::new();
+            let mut last = 0;
+            for (i, s) in list.iter().enumerate() {
+                let bake = c.duration(
+                    &format!("stages[{i}].bake"),
+                    Some(&s.bake),
+                    Duration::from_secs(1),
+                );
+                if s.weight == 0 || s.weight > 100 {
+                    c.problem(
+                        &format!("stages[{i}].weight"),
+                        format!("{} is not a percentage from 1 to 100", s.weight),
+                    );
+                } else if s.weight <= last {
+                    c.problem(
+                        &format!("stages[{i}].weight"),
+                        format!(
+                            "{} does not increase on the stage before ({last}); stages must widen",
+                            s.weight
+                        ),
+                    );
+                }
+                last = last.max(s.weight);
+                out.push(StagePlan {
+                    weight: s.weight.min(100) as u32,
+                    bake,
+                });
+            }
+            out
+        }
+        (None, risk) => {
+            let risk = risk.unwrap_or("medium");
+            preset(risk).unwrap_or_else(|| {
+                c.problem(
+                    "risk",
+                    format!("\"{risk}\" is not one of low, medium, high"),
+                );
+                Vec::new()
+            })
+        }
+    };
+    if r.stages.is_some() && r.risk.is_some() {
+        c.problem("risk", "give either risk (a preset) or stages, not both");
+    }
+
+    let interval = c.duration("interval", r.interval.as_deref(), Duration::from_secs(30));
+    let window = c.duration("window", r.window.as_deref(), Duration::from_secs(300));
+    if window > Duration::from_secs(3600) {
+        c.problem(
+            "window",
+            "must be at most 1h (the live windows keep one-second slots)",
+        );
+    }
+    let confidence = r.confidence.unwrap_or(0.999);
+    if !(0.5..1.0).contains(&confidence) {
+        c.problem(
+            "confidence",
+            format!("{confidence} must be at least 0.5 and below 1"),
+        );
+    }
+    let min_requests = r.min_requests.unwrap_or(100);
+
+    let gates = gates(r.gates.as_ref(), &mut c);
+    let smoke = smoke(&r.smoke, &mut c);
+    if gates.is_empty() && smoke.is_empty() {
+        c.problem(
+            "gates",
+            "a rollout needs at least one gate or smoke check to judge the canary by",
+        );
+    }
+    let on_warning = match r.on_warning.as_deref() {
+        None | Some("pause") => OnWarning::Pause,
+        Some("ignore") => OnWarning::Ignore,
+        Some(other) => {
+            c.problem(
+                "on_warning",
+                format!("\"{other}\" is not one of pause, ignore"),
+            );
+            OnWarning::Pause
+        }
+    };
+    let escalate = r.escalate.as_ref().map(|e| {
+        if e.warnings == 0 {
+            c.problem("escalate.warnings", "must be at least 1");
+        }
+        (
+            e.warnings,
+            c.duration(
+                "escalate.within",
+                Some(&e.within),
+                Duration::from_secs(1800),
+            ),
+        )
+    });
+    let sustained = r
+        .sustained
+        .as_deref()
+        .map(|s| c.duration("sustained", Some(s), Duration::from_secs(600)));
+    let windows = r
+        .windows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| deploy_window(w, &format!("windows[{i}]"), &mut c))
+        .collect();
+    let started_at = r
+        .started_at
+        .as_deref()
+        .and_then(|t| match t.parse::<jiff::Timestamp>() {
+            Ok(ts) => Some(ts),
+            Err(e) => {
+                c.problem(
+                    "started_at",
+                    format!("\"{t}\" is not an RFC 3339 time such as 2026-11-24T10:00:00Z: {e}"),
+                );
+                None
+            }
+        });
+    if p.len() > before {
+        return None;
+    }
+    Some(Plan {
+        baseline,
+        canary,
+        stages,
+        interval,
+        window,
+        min_requests,
+        confidence,
+        gates,
+        smoke,
+        on_warning,
+        escalate,
+        sustained,
+        windows,
+        started_at,
+    })
+}
+
+fn gates(g: Option<&raw::Gates>, c: &mut Ctx) -> Vec<Gate> {
+    let Some(g) = g else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut push =
+        |c: &mut Ctx, name: &str, kind: GateKind, warning: Option<Line>, critical: Option<Line>| {
+            if warning.is_none() && critical.is_none() {
+                c.problem(
+                    &format!("gates.{name}"),
+                    "give a warning line, a critical line, or both",
+                );
+                return;
+            }
+            out.push(Gate {
+                name: name.to_string(),
+                kind,
+                warning,
+                critical,
+            });
+        };
+    if let Some(l) = &g.success_rate {
+        let check = |c: &mut Ctx, which: &str, v: Option<f64>| {
+            v.map(|v| {
+                if !(0.0..=100.0).contains(&v) {
+                    c.problem(
+                        &format!("gates.success_rate.{which}"),
+                        format!("{v} is not a percentage"),
+                    );
+                }
+                Line::Below(v)
+            })
+        };
+        let (w, cr) = (
+            check(c, "warning", l.warning),
+            check(c, "critical", l.critical),
+        );
+        if let (Some(w), Some(cr)) = (w, cr) {
+            if cr.value() > w.value() {
+                c.problem(
+                    "gates.success_rate",
+                    "the critical line must not be stricter than the warning line",
+                );
+            }
+        }
+        push(c, "success_rate", GateKind::SuccessRate, w, cr);
+    }
+    for (name, q, lines) in [
+        ("latency_p50", 0.5, &g.latency_p50),
+        ("latency_p95", 0.95, &g.latency_p95),
+        ("latency_p99", 0.99, &g.latency_p99),
+    ] {
+        if let Some(l) = lines {
+            let mut line = |which: &str, v: &Option<String>| {
+                v.as_deref().map(|t| {
+                    Line::Above(
+                        c.duration(
+                            &format!("gates.{name}.{which}"),
+                            Some(t),
+                            Duration::from_secs(1),
+                        )
+                        .as_secs_f64()
+                            * 1000.0,
+                    )
+                })
+            };
+            let (w, cr) = (line("warning", &l.warning), line("critical", &l.critical));
+            push(c, name, GateKind::Latency { quantile: q }, w, cr);
+        }
+    }
+    for (name, kind, lines) in [
+        (
+            "latency_p50_vs_baseline",
+            GateKind::LatencyVsBaseline { quantile: 0.5 },
+            &g.latency_p50_vs_baseline,
+        ),
+        (
+            "latency_p95_vs_baseline",
+            GateKind::LatencyVsBaseline { quantile: 0.95 },
+            &g.latency_p95_vs_baseline,
+        ),
+        (
+            "latency_p99_vs_baseline",
+            GateKind::LatencyVsBaseline { quantile: 0.99 },
+            &g.latency_p99_vs_baseline,
+        ),
+        (
+            "error_rate_vs_baseline",
+            GateKind::ErrorRateVsBaseline,
+            &g.error_rate_vs_baseline,
+        ),
+    ] {
+        if let Some(l) = lines {
+            let mut ratio = |which: &str, v: Option<f64>| {
+                v.map(|v| {
+                    if v < 1.0 {
+                        c.problem(
+                            &format!("gates.{name}.{which}"),
+                            format!("{v} is below 1: the baseline itself would fail it"),
+                        );
+                    }
+                    Line::Above(v)
+                })
+            };
+            let (w, cr) = (ratio("warning", l.warning), ratio("critical", l.critical));
+            push(c, name, kind, w, cr);
+        }
+    }
+    for (i, pg) in g.prometheus.iter().enumerate() {
+        let base = format!("gates.prometheus[{i}]");
+        let url_ok = pg
+            .url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        if !url_ok {
+            c.problem(
+                &format!("{base}.url"),
+                format!(
+                    "\"{}\" is not an http:// URL of a Prometheus server",
+                    pg.url
+                ),
+            );
+        }
+        if pg.query.trim().is_empty() {
+            c.problem(&format!("{base}.query"), "is empty");
+        }
+        let mut bound = |which: &str, b: &Option<raw::Bound>| match b {
+            None => None,
+            Some(raw::Bound {
+                below: Some(v),
+                above: None,
+            }) => Some(Line::Below(*v)),
+            Some(raw::Bound {
+                below: None,
+                above: Some(v),
+            }) => Some(Line::Above(*v)),
+            Some(_) => {
+                c.problem(
+                    &format!("{base}.{which}"),
+                    "give exactly one of below or above",
+                );
+                None
+            }
+        };
+        let (w, cr) = (
+            bound("warning", &pg.warning),
+            bound("critical", &pg.critical),
+        );
+        let lag = c.duration(
+            &format!("{base}.lag"),
+            pg.lag.as_deref(),
+            Duration::from_secs(30),
+        );
+        let kind = GateKind::Prometheus {
+            url: pg.url.trim_end_matches('/').to_string(),
+            query: pg.query.clone(),
+            lag,
+        };
+        if pg.warning.is_none() && pg.critical.is_none() {
+            c.problem(&base, "give a warning bound, a critical bound, or both");
+        } else if w.is_some() || cr.is_some() {
+            out.push(Gate {
+                name: pg.name.clone(),
+                kind,
+                warning: w,
+                critical: cr,
+            });
+        }
+    }
+    out
+}
+
+fn smoke(list: &[raw::Smoke], c: &mut Ctx) -> Vec<SmokeCheck> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let base = format!("smoke[{i}]");
+        let method = match s.method.as_deref().unwrap_or("GET").parse::<http::Method>() {
+            Ok(m) => m,
+            Err(_) => {
+                c.problem(&format!("{base}.method"), "is not an HTTP method");
+                continue;
+            }
+        };
+        let path = match s.path.parse::<http::uri::PathAndQuery>() {
+            Ok(p) if s.path.starts_with('/') => p,
+            _ => {
+                c.problem(
+                    &format!("{base}.path"),
+                    format!("\"{}\" must be a path starting with /", s.path),
+                );
+                continue;
+            }
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &s.headers {
+            match (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => c.problem(&format!("{base}.headers.{k}"), "is not a valid header"),
+            }
+        }
+        let expect_status = s.expect_status.unwrap_or(200);
+        if !(100..=599).contains(&expect_status) {
+            c.problem(
+                &format!("{base}.expect_status"),
+                format!("{expect_status} is not an HTTP status"),
+            );
+        }
+        let expect_latency_below = c.duration(
+            &format!("{base}.expect_latency_below"),
+            s.expect_latency_below.as_deref(),
+            Duration::from_secs(5),
+        );
+        out.push(SmokeCheck {
+            name: s.name.clone(),
+            method,
+            path,
+            headers,
+            body: s.body.clone().unwrap_or_default(),
+            expect_status,
+            expect_body_contains: s.expect_body_contains.clone(),
+            expect_latency_below,
+        });
+    }
+    out
+}
+
+fn deploy_window(w: &raw::DeployWindow, base: &str, c: &mut Ctx) -> Option<DeployWindow> {
+    let mut days = Vec::new();
+    for d in &w.days {
+        let n = match d.to_ascii_lowercase().as_str() {
+            "mon" | "monday" => 1,
+            "tue" | "tuesday" => 2,
+            "wed" | "wednesday" => 3,
+            "thu" | "thursday" => 4,
+            "fri" | "friday" => 5,
+            "sat" | "saturday" => 6,
+            "sun" | "sunday" => 7,
+            _ => {
+                c.problem(
+                    &format!("{base}.days"),
+                    format!("\"{d}\" is not a day (mon, tue, ... sun)"),
+                );
+                continue;
+            }
+        };
+        days.push(n);
+    }
+    if w.days.is_empty() {
+        c.problem(
+            &format!("{base}.days"),
+            "list at least one day, or the window never opens",
+        );
+    }
+    let minutes = |c: &mut Ctx, which: &str, t: &str| -> Option<u16> {
+        let parsed = t
+            .split_once(':')
+            .and_then(|(h, m)| Some((h.parse::<u16>().ok()?, m.parse::<u16>().ok()?)))
+            .filter(|(h, m)| *h < 24 && *m < 60 || (*h == 24 && *m == 0));
+        match parsed {
+            Some((h, m)) => Some(h * 60 + m),
+            None => {
+                c.problem(
+                    &format!("{base}.{which}"),
+                    format!("\"{t}\" is not a time of day as HH:MM"),
+                );
+                None
+            }
+        }
+    };
+    let from = minutes(c, "from", &w.from);
+    let to = minutes(c, "to", &w.to);
+    let tz_name = w.tz.as_deref().unwrap_or("UTC");
+    let tz = match jiff::tz::TimeZone::get(tz_name) {
+        Ok(tz) => Some(tz),
+        Err(e) => {
+            c.problem(
+                &format!("{base}.tz"),
+                format!("\"{tz_name}\" is not a known time zone: {e}"),
+            );
+            None
+        }
+    };
+    let (from, to, tz) = (from?, to?, tz?);
+    if from == to {
+        c.problem(
+            base,
+            format!(
+                "from {} and to {} are the same: the window never opens",
+                w.from, w.to
+            ),
+        );
+        return None;
+    }
+    Some(DeployWindow { days, from, to, tz })
+}
+
+/// What identifies one rollout: its baseline, its canary and the canary's
+/// address. A reload that changes none of them keeps the rollout where it
+/// is; a new canary address is a new deploy and starts a new rollout.
+pub fn fingerprint(route: &raw::Route) -> Option<String> {
+    let r = route.rollout.as_ref()?;
+    let url = &route.backends.iter().find(|b| b.name == r.canary)?.url;
+    Some(format!("{}|{}|{}", r.baseline, r.canary, url))
+}

@@ -1,0 +1,879 @@
+//! The thin async shell around the decision function: one task per route
+//! with a rollout plan. Each tick it reads the live windows, runs the smoke
+//! checks and Prometheus queries, judges, decides, and publishes any new
+//! weights through the control plane's single writer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::decide::{decide, Decision, Judgement};
+use super::gates::{self, Evidence, GateResult, Verdict};
+use super::state::{Incident, Phase, Progress, RolloutState, SmokeResult};
+use super::{prometheus, report, smoke};
+use crate::config::plan::{self, GateKind, Plan};
+use crate::control::{Change, ControlPlane, Rejection};
+use crate::stats::Snapshot;
+use crate::table::Table;
+
+/// The rollouts of every route, and the way in for manual actions.
+pub struct Rollouts {
+    control: Arc<ControlPlane>,
+    state_dir: Option<PathBuf>,
+    routes: Mutex<HashMap<String, Arc<Controller>>>,
+    client: smoke::SmokeClient,
+}
+
+/// A manual action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Promote,
+    Pause,
+    Resume,
+    Abort,
+    Restart,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "promote" => Action::Promote,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "abort" => Action::Abort,
+            "restart" => Action::Restart,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("route {0} has no rollout")]
+    NoRollout(String),
+    #[error("{0}")]
+    NotNow(String),
+    #[error("{0}")]
+    Rejected(Rejection),
+}
+
+struct Controller {
+    route: String,
+    fingerprint: String,
+    state: Mutex<RolloutState>,
+    runtime: Mutex<Runtime>,
+    wake: Notify,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a controller keeps only in memory: the open sequential tests
+/// (process-local counters), and the tick clock.
+#[derive(Default)]
+struct Runtime {
+    /// (test number, canary lifetime counts at its start, when it started).
+    tests: Vec<(u32, Snapshot, Instant)>,
+    last_tick: Option<Instant>,
+    /// Canary counts at the stage start, for the incident report.
+    stage_start: Snapshot,
+}
+
+impl Runtime {
+    fn restart_evidence(&mut self, now: Snapshot) {
+        self.tests = vec![(1, now.clone(), Instant::now())];
+        self.stage_start = now;
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The weights of a stage: the canary its share, the baseline the rest,
+/// every other backend 0.
+fn stage_weights(
+    table_route: &crate::table::Route,
+    plan: &Plan,
+    canary_share: u32,
+) -> BTreeMap<String, u64> {
+    table_route
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let w = if i == plan.canary {
+                canary_share as u64
+            } else if i == plan.baseline {
+                100 - canary_share as u64
+            } else {
+                0
+            };
+            (b.name.to_string(), w)
+        })
+        .collect()
+}
+
+impl Rollouts {
+    pub fn new(control: Arc<ControlPlane>, state_dir: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Rollouts {
+            control,
+            state_dir,
+            routes: Mutex::new(HashMap::new()),
+            client: smoke::client(),
+        })
+    }
+
+    /// Starts controllers for the current table and follows every swap.
+    pub async fn run(self: Arc<Self>) {
+        let mut changes = self.control.subscribe();
+        loop {
+            self.reconcile();
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Brings the controllers in line with the table: new plans start (or
+    /// resume from `state_dir`), changed canaries start over, removed plans stop.
+    pub fn reconcile(self: &Arc<Self>) {
+        let table = self.control.current();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted = HashMap::new();
+        for r in &table.config.document.routes {
+            if let Some(fp) = plan::fingerprint(r) {
+                wanted.insert(r.name.clone(), fp);
+            }
+        }
+        routes.retain(|name, c| {
+            let keep = wanted.get(name) == Some(&c.fingerprint);
+            if !keep {
+                c.stop();
+                let why = if wanted.contains_key(name) {
+                    "a new canary was deployed; its rollout starts from stage 1"
+                } else {
+                    "the rollout plan was removed from the config"
+                };
+                self.control.journal.record(
+                    Some(name),
+                    "rollout_stopped",
+                    "controller",
+                    why,
+                    serde_json::Value::Null,
+                );
+            }
+            keep
+        });
+        for (name, fp) in wanted {
+            if routes.contains_key(&name) {
+                continue;
+            }
+            let c = self.start_controller(&table, &name, fp);
+            routes.insert(name, c);
+        }
+    }
+
+    fn state_path(&self, route: &str) -> Option<PathBuf> {
+        self.state_dir
+            .as_ref()
+            .map(|d| d.join("rollouts").join(format!("{route}.json")))
+    }
+
+    fn start_controller(
+        self: &Arc<Self>,
+        table: &Table,
+        route: &str,
+        fingerprint: String,
+    ) -> Arc<Controller> {
+        let saved: Option<RolloutState> = self
+            .state_path(route)
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|s: &RolloutState| s.fingerprint == fingerprint);
+        let resumed = saved.is_some();
+        let now = now_ms();
+        let state = saved.unwrap_or_else(|| RolloutState {
+            route: route.to_string(),
+            fingerprint: fingerprint.clone(),
+            progress: Progress {
+                phase: Phase::Pending,
+                ..Progress::start()
+            },
+            started_ms: now,
+            stage_started_ms: now,
+            held: None,
+            gates: Vec::new(),
+            smoke: Vec::new(),
+            incident: None,
+            first_warning_ms: None,
+        });
+        let c = Arc::new(Controller {
+            route: route.to_string(),
+            fingerprint,
+            state: Mutex::new(state),
+            runtime: Mutex::new(Runtime::default()),
+            wake: Notify::new(),
+            task: Mutex::new(None),
+        });
+        c.runtime
+            .lock()
+            .unwrap()
+            .restart_evidence(tr_canary_lifetime(table, route));
+        if resumed {
+            let st = c.state.lock().unwrap().clone();
+            self.control.journal.record(
+                Some(route),
+                "rollout_resumed",
+                "controller",
+                format!(
+                    "resumed {} at stage {} after a restart (bake so far {} ms; evidence restarts)",
+                    st.progress.phase.label(),
+                    st.progress.stage + 1,
+                    st.progress.bake_done_ms
+                ),
+                serde_json::Value::Null,
+            );
+            // Put the route back where the rollout had it.
+            if let Err(e) = self.publish_phase_weights(&c, &st) {
+                tracing::error!(route, error = %e, "cannot restore the rollout's weights");
+            }
+        }
+        self.update_metrics(&c);
+        let me = self.clone();
+        let ctl = c.clone();
+        *c.task.lock().unwrap() = Some(tokio::spawn(async move { me.drive(ctl).await }));
+        c
+    }
+
+    /// The weights a rollout in `st` wants on its route.
+    fn publish_phase_weights(&self, c: &Controller, st: &RolloutState) -> Result<(), Rejection> {
+        let table = self.control.current();
+        let (Some(route), Some(plan)) = (table.route_named(&c.route), plan_of(&table, &c.route))
+        else {
+            return Ok(());
+        };
+        let share = match st.progress.phase {
+            Phase::Pending => return Ok(()),
+            Phase::Running | Phase::Paused => {
+                plan.stages[st.progress.stage.min(plan.stages.len() - 1)].weight
+            }
+            Phase::Promoted => 100,
+            Phase::RolledBack | Phase::Aborted => 0,
+        };
+        let weights = stage_weights(route, &plan, share);
+        self.control
+            .apply(
+                Change::Rollout {
+                    route: c.route.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                    weights,
+                },
+                "controller",
+                None,
+            )
+            .map(|_| ())
+    }
+
+    async fn drive(self: Arc<Self>, c: Arc<Controller>) {
+        loop {
+            let Some(plan) = plan_of(&self.control.current(), &c.route) else {
+                return;
+            };
+            self.tick(&c, &plan).await;
+            tokio::select! {
+                _ = tokio::time::sleep(plan.interval) => {}
+                _ = c.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn tick(&self, c: &Arc<Controller>, plan: &Plan) {
+        let phase = c.state.lock().unwrap().progress.phase;
+        if phase == Phase::Pending {
+            if plan.started_at.is_some_and(|t| jiff::Timestamp::now() < t) {
+                return;
+            }
+            self.begin(c, plan, "controller", "rollout started");
+        }
+        if !c.state.lock().unwrap().progress.phase.active() {
+            c.runtime.lock().unwrap().last_tick = None;
+            return;
+        }
+        let table = self.control.current();
+        let Some(route) = table.route_named(&c.route) else {
+            return;
+        };
+        let (canary, baseline) = (&route.backends[plan.canary], &route.backends[plan.baseline]);
+
+        let smoke = if plan.smoke.is_empty() {
+            Vec::new()
+        } else {
+            smoke::run(&self.client, &canary.pool.origin, &plan.smoke).await
+        };
+        let prom = self.prometheus_values(plan).await;
+
+        let now = now_ms();
+        let cw = canary.stats.snapshot(plan.window);
+        let bw = baseline.stats.snapshot(plan.window);
+        let life = canary.stats.lifetime.snapshot();
+        let (tests, elapsed, stage_counts) = {
+            let mut rt = c.runtime.lock().unwrap();
+            let newest = rt.tests.last().map(|t| (t.0, t.2));
+            match newest {
+                None => rt.restart_evidence(life.clone()),
+                Some((k, at)) if at.elapsed() >= plan.window => {
+                    rt.tests.push((k + 1, life.clone(), Instant::now()));
+                    if rt.tests.len() > 8 {
+                        rt.tests.remove(1); // keep the stage-start test and the newest
+                    }
+                }
+                _ => {}
+            }
+            let tests: Vec<(u32, Snapshot)> = rt
+                .tests
+                .iter()
+                .map(|(k, s, _)| (*k, life.since(s)))
+                .collect();
+            let now_i = Instant::now();
+            let elapsed = rt.last_tick.map_or(Duration::ZERO, |t| now_i - t);
+            rt.last_tick = Some(now_i);
+            (tests, elapsed, life.since(&rt.stage_start))
+        };
+        let lookup = |name: &str| prom.get(name).copied().flatten();
+        let ev = Evidence {
+            canary: &cw,
+            baseline: &bw,
+            tests: &tests,
+            prometheus: &lookup,
+        };
+        let judged = gates::judge(plan, &ev);
+        let smoke_failures: Vec<String> = smoke
+            .iter()
+            .filter(|s| !s.ok)
+            .map(|s| format!("\"{}\": {}", s.name, s.detail))
+            .collect();
+        let judgement = Judgement {
+            gates: judged.clone(),
+            smoke_failures: smoke_failures.clone(),
+        };
+
+        let mut st = c.state.lock().unwrap();
+        if !st.progress.phase.active() {
+            return; // an action got there first
+        }
+        self.journal_changes(c, &st, &judged, &smoke);
+        let (decision, next) = decide(plan, &st.progress, &judgement, now, elapsed);
+        if judged.iter().any(|g| g.verdict == Verdict::Warning) && st.first_warning_ms.is_none() {
+            st.first_warning_ms = Some(now);
+        }
+        st.gates = judged;
+        st.smoke = smoke;
+        st.progress = next;
+        match decision {
+            Decision::Idle => {}
+            Decision::Hold(reason) => st.held = Some(reason),
+            Decision::Bake => st.held = None,
+            Decision::Advance(stage) => {
+                st.held = None;
+                st.stage_started_ms = now;
+                st.first_warning_ms = None;
+                let share = plan.stages[stage].weight;
+                match self.control.apply(
+                    Change::Rollout {
+                        route: c.route.clone(),
+                        fingerprint: c.fingerprint.clone(),
+                        weights: stage_weights(route, plan, share),
+                    },
+                    "controller",
+                    Some(&format!("stage {} of {}", stage + 1, plan.stages.len())),
+                ) {
+                    Ok(_) => {
+                        c.runtime
+                            .lock()
+                            .unwrap()
+                            .restart_evidence(canary.stats.lifetime.snapshot());
+                        self.control.journal.record(
+                            Some(&c.route),
+                            "stage_advanced",
+                            "controller",
+                            format!("stage {} of {}: canary at {} %", stage + 1, plan.stages.len(), share),
+                            serde_json::json!({ "stage": stage + 1, "weight": share, "gates": st.gates }),
+                        );
+                        c.wake.notify_one(); // smoke checks at the stage start
+                    }
+                    Err(e) => self.refused(c, &mut st, e),
+                }
+            }
+            Decision::Promote => {
+                st.held = None;
+                match self.control.apply(
+                    Change::Rollout {
+                        route: c.route.clone(),
+                        fingerprint: c.fingerprint.clone(),
+                        weights: stage_weights(route, plan, 100),
+                    },
+                    "controller",
+                    Some("promoted"),
+                ) {
+                    Ok(_) => {
+                        self.control.journal.record(
+                            Some(&c.route),
+                            "promoted",
+                            "controller",
+                            format!(
+                                "canary {} promoted after {} stages",
+                                canary.name,
+                                plan.stages.len()
+                            ),
+                            serde_json::json!({ "gates": st.gates }),
+                        );
+                    }
+                    Err(e) => self.refused(c, &mut st, e),
+                }
+            }
+            Decision::Rollback { kind, reason } => {
+                let detected = now;
+                self.roll_back(
+                    c,
+                    &mut st,
+                    plan,
+                    &table,
+                    kind.label(),
+                    &reason,
+                    detected,
+                    stage_counts,
+                );
+            }
+        }
+        self.persist(&st);
+        drop(st);
+        self.update_metrics(c);
+    }
+
+    fn refused(&self, c: &Controller, st: &mut RolloutState, e: Rejection) {
+        tracing::error!(route = %c.route, error = %e, "the controller's change was refused; pausing the rollout");
+        st.progress.phase = Phase::Paused;
+        st.held = Some(format!("paused: the new weights were refused: {e}"));
+    }
+
+    /// All weight to the baseline, now, and the incident recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn roll_back(
+        &self,
+        c: &Controller,
+        st: &mut RolloutState,
+        plan: &Plan,
+        table: &Table,
+        kind: &str,
+        reason: &str,
+        detected_ms: i64,
+        stage_counts: Snapshot,
+    ) {
+        let Some(route) = table.route_named(&c.route) else {
+            return;
+        };
+        let decided_ms = now_ms();
+        let t = Instant::now();
+        let result = self.control.apply(
+            Change::Rollout {
+                route: c.route.clone(),
+                fingerprint: c.fingerprint.clone(),
+                weights: stage_weights(route, plan, 0),
+            },
+            "controller",
+            Some(reason),
+        );
+        let swap_us = t.elapsed().as_micros() as u64;
+        let completed_ms = now_ms();
+        let version = match result {
+            Ok(t) => t.version,
+            Err(e) => {
+                tracing::error!(route = %c.route, error = %e, "rollback refused");
+                self.control.current().version
+            }
+        };
+        if kind == "manual" {
+            st.progress.phase = Phase::Aborted;
+        } else {
+            st.progress.phase = Phase::RolledBack;
+        }
+        st.held = None;
+        let stage = st.progress.stage.min(plan.stages.len() - 1);
+        let incident = Incident {
+            route: c.route.clone(),
+            baseline: route.backends[plan.baseline].name.to_string(),
+            canary: route.backends[plan.canary].name.to_string(),
+            canary_url: format!("http://{}", route.backends[plan.canary].pool.origin),
+            reason: reason.to_string(),
+            reason_kind: kind.to_string(),
+            stage,
+            stage_weight: plan.stages[stage].weight,
+            rollout_started_ms: st.started_ms,
+            stage_started_ms: st.stage_started_ms,
+            first_warning_ms: st.first_warning_ms,
+            detected_ms,
+            decided_ms,
+            completed_ms,
+            swap_us,
+            gates: st.gates.clone(),
+            smoke_failures: st
+                .smoke
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| format!("\"{}\": {}", s.name, s.detail))
+                .collect(),
+            canary_requests: stage_counts.requests(),
+            canary_failures: stage_counts.failures(),
+            table_version: version,
+        };
+        self.control
+            .metrics
+            .counter(
+                "sluice_rollbacks_total",
+                vec![
+                    metrics::Label::new("route", c.route.clone()),
+                    metrics::Label::new("reason", kind.to_string()),
+                ],
+            )
+            .increment(1);
+        self.control.journal.record(
+            Some(&c.route),
+            if kind == "manual" { "aborted" } else { "rolled_back" },
+            if kind == "manual" { "admin" } else { "controller" },
+            format!("rolled back to {}: {reason}", incident.baseline),
+            serde_json::json!({
+                "reason": kind,
+                "detected_ms": detected_ms, "decided_ms": decided_ms, "completed_ms": completed_ms,
+                "swap_us": swap_us, "table_version": version,
+                "gates": st.gates, "smoke": st.smoke,
+                "canary_requests": incident.canary_requests, "canary_failures": incident.canary_failures,
+            }),
+        );
+        st.incident = Some(incident);
+    }
+
+    fn journal_changes(
+        &self,
+        c: &Controller,
+        st: &RolloutState,
+        gates: &[GateResult],
+        smoke: &[SmokeResult],
+    ) {
+        for g in gates {
+            let before = st
+                .gates
+                .iter()
+                .find(|b| b.name == g.name)
+                .map(|b| b.verdict);
+            if before != Some(g.verdict) && !(before.is_none() && g.verdict == Verdict::Pass) {
+                self.control.journal.record(
+                    Some(&c.route),
+                    "gate_verdict",
+                    "controller",
+                    format!(
+                        "gate {}: {} → {:?} ({})",
+                        g.name,
+                        before.map_or("none".into(), |v| format!("{v:?}")),
+                        g.verdict,
+                        g.value.map_or("-".into(), |v| format!("{v}{}", g.unit))
+                    ),
+                    serde_json::to_value(g).unwrap_or_default(),
+                );
+            }
+        }
+        for s in smoke.iter().filter(|s| !s.ok) {
+            self.control.journal.record(
+                Some(&c.route),
+                "smoke_failed",
+                "controller",
+                format!("smoke check \"{}\" failed: {}", s.name, s.detail),
+                serde_json::to_value(s).unwrap_or_default(),
+            );
+        }
+    }
+
+    async fn prometheus_values(&self, plan: &Plan) -> HashMap<String, Option<f64>> {
+        let mut out = HashMap::new();
+        for g in &plan.gates {
+            if let GateKind::Prometheus { url, query, lag } = &g.kind {
+                let at = prometheus::aligned_time(now_ms(), plan.interval, *lag);
+                let v = match prometheus::query(&self.client, url, query, at).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(gate = %g.name, error = %e, "prometheus gate query failed");
+                        None
+                    }
+                };
+                out.insert(g.name.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// Pending → running at stage 1.
+    fn begin(&self, c: &Controller, plan: &Plan, actor: &str, why: &str) {
+        let mut st = c.state.lock().unwrap();
+        let now = now_ms();
+        st.progress = Progress::start();
+        st.started_ms = now;
+        st.stage_started_ms = now;
+        st.first_warning_ms = None;
+        st.held = None;
+        let table = self.control.current();
+        if let Err(e) = self.publish_phase_weights(c, &st) {
+            self.refused(c, &mut st, e);
+        }
+        c.runtime
+            .lock()
+            .unwrap()
+            .restart_evidence(tr_canary_lifetime(&table, &c.route));
+        c.runtime.lock().unwrap().last_tick = None;
+        self.control.journal.record(
+            Some(&c.route),
+            "rollout_started",
+            actor,
+            format!("{why}: stage 1 of {}, canary at {} %", plan.stages.len(), plan.stages[0].weight),
+            serde_json::json!({ "stages": plan.stages.iter().map(|s| serde_json::json!({"weight": s.weight, "bake_ms": s.bake.as_millis() as u64})).collect::<Vec<_>>() }),
+        );
+        self.persist(&st);
+        drop(st);
+        self.update_metrics(c);
+    }
+
+    fn persist(&self, st: &RolloutState) {
+        let Some(path) = self.state_path(&st.route) else {
+            return;
+        };
+        let bytes = serde_json::to_vec_pretty(st).expect("rollout state serializes");
+        if let Err(e) = crate::state::write_atomic(&path, &bytes) {
+            tracing::error!(error = %e, path = %path.display(), "cannot persist rollout state");
+        }
+    }
+
+    fn update_metrics(&self, c: &Controller) {
+        let st = c.state.lock().unwrap();
+        let m = &self.control.metrics;
+        let route = metrics::Label::new("route", c.route.clone());
+        let stage = if matches!(st.progress.phase, Phase::Running | Phase::Paused) {
+            st.progress.stage as f64 + 1.0
+        } else {
+            0.0
+        };
+        m.gauge("sluice_rollout_stage", vec![route.clone()])
+            .set(stage);
+        for p in Phase::ALL {
+            m.gauge(
+                "sluice_rollout_state",
+                vec![route.clone(), metrics::Label::new("state", p.label())],
+            )
+            .set(if p == st.progress.phase { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn controller(&self, route: &str) -> Result<Arc<Controller>, ActionError> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+            .cloned()
+            .ok_or_else(|| ActionError::NoRollout(route.to_string()))
+    }
+
+    /// Whether the route's weights belong to a running rollout.
+    pub fn owns_weights(&self, route: &str) -> bool {
+        self.controller(route)
+            .is_ok_and(|c| c.state.lock().unwrap().progress.phase.active())
+    }
+
+    /// A manual action, journaled with its actor.
+    pub fn act(&self, route: &str, action: Action, actor: &str) -> Result<(), ActionError> {
+        let c = self.controller(route)?;
+        let table = self.control.current();
+        let plan =
+            plan_of(&table, route).ok_or_else(|| ActionError::NoRollout(route.to_string()))?;
+        let phase = c.state.lock().unwrap().progress.phase;
+        let not_now = |what: &str| {
+            ActionError::NotNow(format!("cannot {what} a rollout that is {}", phase.label()))
+        };
+        match action {
+            Action::Restart => {
+                c.state.lock().unwrap().incident = None;
+                self.begin(&c, &plan, actor, "restarted by hand");
+                c.wake.notify_one();
+                return Ok(());
+            }
+            Action::Pause if phase == Phase::Running || phase == Phase::Pending => {
+                let mut st = c.state.lock().unwrap();
+                st.progress.phase = Phase::Paused;
+                st.held = Some("paused".into());
+                self.persist(&st);
+            }
+            Action::Resume if phase == Phase::Paused => {
+                let mut st = c.state.lock().unwrap();
+                st.progress.phase = Phase::Running;
+                st.held = None;
+                self.persist(&st);
+                c.runtime.lock().unwrap().last_tick = None;
+                c.wake.notify_one();
+            }
+            Action::Promote if phase == Phase::Running || phase == Phase::Paused => {
+                let mut st = c.state.lock().unwrap();
+                let next = st.progress.stage + 1;
+                let share = if next >= plan.stages.len() {
+                    100
+                } else {
+                    plan.stages[next].weight
+                };
+                let route_t = table
+                    .route_named(route)
+                    .ok_or_else(|| ActionError::NoRollout(route.to_string()))?;
+                self.control
+                    .apply(
+                        Change::Rollout {
+                            route: route.to_string(),
+                            fingerprint: c.fingerprint.clone(),
+                            weights: stage_weights(route_t, &plan, share),
+                        },
+                        actor,
+                        Some("promoted by hand"),
+                    )
+                    .map_err(ActionError::Rejected)?;
+                if next >= plan.stages.len() {
+                    st.progress.phase = Phase::Promoted;
+                } else {
+                    st.progress.stage = next;
+                    st.progress.bake_done_ms = 0;
+                    st.progress.phase = Phase::Running;
+                    st.stage_started_ms = now_ms();
+                    c.runtime
+                        .lock()
+                        .unwrap()
+                        .restart_evidence(route_t.backends[plan.canary].stats.lifetime.snapshot());
+                }
+                st.held = None;
+                self.persist(&st);
+                c.wake.notify_one();
+            }
+            Action::Abort if phase.active() => {
+                let mut st = c.state.lock().unwrap();
+                let counts = {
+                    let rt = c.runtime.lock().unwrap();
+                    tr_canary_lifetime(&table, route).since(&rt.stage_start)
+                };
+                self.roll_back(
+                    &c,
+                    &mut st,
+                    &plan,
+                    &table,
+                    "manual",
+                    &format!("aborted by hand ({actor})"),
+                    now_ms(),
+                    counts,
+                );
+                self.persist(&st);
+            }
+            Action::Pause => return Err(not_now("pause")),
+            Action::Resume => return Err(not_now("resume")),
+            Action::Promote => return Err(not_now("promote")),
+            Action::Abort => return Err(not_now("abort")),
+        }
+        let what = format!("{action:?}").to_lowercase();
+        if action != Action::Abort {
+            self.control.journal.record(
+                Some(route),
+                &what,
+                actor,
+                format!("rollout {what} by hand"),
+                serde_json::Value::Null,
+            );
+        }
+        self.update_metrics(&c);
+        Ok(())
+    }
+
+    /// The incident report of the route's latest rollback.
+    pub fn report(&self, route: &str) -> Result<Option<String>, ActionError> {
+        let c = self.controller(route)?;
+        let st = c.state.lock().unwrap();
+        Ok(st.incident.as_ref().map(report::render))
+    }
+
+    /// The rollout part of `/status`.
+    pub fn view(&self, route: &str) -> Option<RolloutView> {
+        let c = self.controller(route).ok()?;
+        let table = self.control.current();
+        let plan = plan_of(&table, route)?;
+        let st = c.state.lock().unwrap();
+        let stage = st.progress.stage.min(plan.stages.len() - 1);
+        let bake = plan.stages[stage].bake;
+        Some(RolloutView {
+            state: st.progress.phase.label().to_string(),
+            stage: stage + 1,
+            stages: plan.stages.len(),
+            canary_weight: plan.stages[stage].weight,
+            bake_seconds: bake.as_secs_f64(),
+            baked_seconds: st.progress.bake_done_ms as f64 / 1000.0,
+            bake_left_seconds: (bake.as_millis() as f64 - st.progress.bake_done_ms as f64).max(0.0)
+                / 1000.0,
+            held: st.held.clone(),
+            started: jiff::Timestamp::from_millisecond(st.started_ms)
+                .map(|t| format!("{t:.3}"))
+                .unwrap_or_default(),
+            gates: st.gates.clone(),
+            smoke: st.smoke.clone(),
+            last_rollback: st.incident.as_ref().map(|i| i.reason.clone()),
+        })
+    }
+
+    /// Stops every controller's task.
+    pub fn stop(&self) {
+        for c in self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            c.stop();
+        }
+    }
+}
+
+impl Controller {
+    fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
+fn plan_of(table: &Table, route: &str) -> Option<Arc<Plan>> {
+    table.config.route(route)?.rollout.clone()
+}
+
+fn tr_canary_lifetime(table: &Table, route: &str) -> Snapshot {
+    let (Some(r), Some(plan)) = (table.route_named(route), plan_of(table, route)) else {
+        return Snapshot::default();
+    };
+    r.backends[plan.canary].stats.lifetime.snapshot()
+}
+
+/// A rollout as `/status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RolloutView {
+    pub state: String,
+    pub stage: usize,
+    pub stages: usize,
+    pub canary_weight: u32,
+    pub bake_seconds: f64,
+    pub baked_seconds: f64,
+    pub bake_left_seconds: f64,
+    pub held: Option<String>,
+    pub started: String,
+    pub gates: Vec<GateResult>,
+    pub smoke: Vec<SmokeResult>,
+    pub last_rollback: Option<String>,
+}
