@@ -15,5 +15,6 @@ need() {
 }
 
 need curl curl
+need prometheus prometheus   # Prometheus gates are tested against a real server
 
 cargo test --locked --all-targets "$@"

@@ -41,6 +41,27 @@ pub enum Command {
     },
     /// Print the running config (YAML).
     Config,
+    /// Skip the rest of the current stage's bake.
+    Promote { route: String },
+    /// Hold the rollout at its stage (a critical gate still rolls back).
+    Pause { route: String },
+    /// Continue a paused rollout.
+    Resume { route: String },
+    /// Roll back by hand: all traffic to the baseline, the rollout stops.
+    Abort { route: String },
+    /// Start the rollout again from stage 1.
+    Restart { route: String },
+    /// The incident report of the route's latest rollback (markdown).
+    Report { route: String },
+    /// A live view of a route's rollout, redrawn every second.
+    Watch {
+        route: String,
+        /// Print once and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value = "1s", value_parser = crate::config::duration::parse)]
+        every: Duration,
+    },
     /// Validate a config file on the running proxy and swap to it.
     Apply { file: PathBuf },
 }
@@ -262,6 +283,30 @@ impl Ctl {
                 let body = self.call(Method::GET, "/config?format=yaml", None).await?;
                 Ok(String::from_utf8_lossy(&body).into_owned())
             }
+            Command::Promote { route } => self.action(&route, "promote").await,
+            Command::Pause { route } => self.action(&route, "pause").await,
+            Command::Resume { route } => self.action(&route, "resume").await,
+            Command::Abort { route } => self.action(&route, "abort").await,
+            Command::Restart { route } => self.action(&route, "restart").await,
+            Command::Report { route } => {
+                let body = self
+                    .call(Method::GET, &format!("/routes/{route}/report"), None)
+                    .await?;
+                Ok(String::from_utf8_lossy(&body).into_owned())
+            }
+            Command::Watch { route, once, every } => {
+                loop {
+                    let frame = self.watch_frame(&route).await?;
+                    if once {
+                        return Ok(frame);
+                    }
+                    // Clear the screen and draw the frame at the top.
+                    print!("\x1b[2J\x1b[H{frame}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    tokio::time::sleep(every).await;
+                }
+            }
             Command::Apply { file } => {
                 let text = std::fs::read(&file)
                     .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", file.display())))?;
@@ -281,6 +326,106 @@ impl Ctl {
                 ))
             }
         }
+    }
+}
+
+impl Ctl {
+    async fn action(&self, route: &str, action: &str) -> Result<String, CtlError> {
+        let reply = self
+            .call(
+                Method::POST,
+                &format!("/routes/{route}/rollout/{action}"),
+                None,
+            )
+            .await?;
+        let s: Status = parse(&reply)?;
+        Ok(format!(
+            "{route}: {action} done\n{}",
+            format_status(&only(s, route))
+        ))
+    }
+
+    async fn watch_frame(&self, route: &str) -> Result<String, CtlError> {
+        let s: Status = parse(&self.call(Method::GET, "/status", None).await?)?;
+        let s = only(s, route);
+        if s.routes.is_empty() {
+            return Err(CtlError::Refused(format!("no route named \"{route}\"")));
+        }
+        let events: Vec<Event> = parse(
+            &self
+                .call(Method::GET, &format!("/events?route={route}&limit=8"), None)
+                .await?,
+        )?;
+        let mut out = format_status(&s);
+        out.push_str("\nrecent events\n");
+        for e in events.iter().rev() {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                e.time.get(11..23).unwrap_or(&e.time),
+                e.kind,
+                e.message
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// `[#####.....]` for a fraction.
+fn bar(fraction: f64, width: usize) -> String {
+    let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn seconds(s: f64) -> String {
+    crate::config::duration::format(Duration::from_millis((s * 1000.0) as u64))
+}
+
+fn format_rollout(out: &mut String, r: &crate::rollout::controller::RolloutView) {
+    out.push_str(&format!(
+        "  rollout {} · stage {}/{} {} canary {} %\n",
+        r.state,
+        r.stage,
+        r.stages,
+        bar(r.stage as f64 / r.stages as f64, r.stages.max(1) * 4),
+        r.canary_weight
+    ));
+    if r.state == "running" || r.state == "paused" {
+        out.push_str(&format!(
+            "  bake {} {} of {} ({} left)\n",
+            bar(r.baked_seconds / r.bake_seconds.max(0.001), 20),
+            seconds(r.baked_seconds),
+            seconds(r.bake_seconds),
+            seconds(r.bake_left_seconds)
+        ));
+    }
+    if let Some(h) = &r.held {
+        out.push_str(&format!("  held: {h}\n"));
+    }
+    if let Some(rb) = &r.last_rollback {
+        out.push_str(&format!("  last rollback: {rb}\n"));
+    }
+    for g in &r.gates {
+        let line = |l: &Option<crate::rollout::gates::LineView>| {
+            l.as_ref().map_or("-".to_string(), |l| {
+                format!("{} {}{}", l.bad, l.value, g.unit)
+            })
+        };
+        out.push_str(&format!(
+            "  gate {:<26} {:>10}  warning {:<14} critical {:<14} {:?}\n",
+            g.name,
+            g.value.map_or("-".into(), |v| format!("{v}{}", g.unit)),
+            line(&g.warning),
+            line(&g.critical),
+            g.verdict
+        ));
+    }
+    for sm in &r.smoke {
+        out.push_str(&format!(
+            "  smoke {:<25} {} ({})\n",
+            sm.name,
+            if sm.ok { "ok" } else { "FAILED" },
+            sm.detail
+        ));
     }
 }
 
@@ -338,6 +483,9 @@ pub fn format_status(s: &Status) -> String {
                 opt(b.p95_ms, "ms"),
                 opt(b.p99_ms, "ms")
             ));
+        }
+        if let Some(rollout) = &r.rollout {
+            format_rollout(&mut out, rollout);
         }
     }
     out

@@ -53,49 +53,71 @@ pub async fn start_backend(name: &'static str, error_rate: f64) -> std::io::Resu
     Ok(addr)
 }
 
-/// The demo's config: one route, 90 % stable and 10 % canary, sticky on
-/// `x-user-id`, with `x-sluice-backend` to pick a backend by hand.
+/// The demo's config: one route, stable and canary, sticky on `x-user-id`,
+/// `x-sluice-backend` to pick a backend by hand, and a rollout that walks
+/// the canary through 10 % → 50 % → 100 % with 30-second bakes.
 pub fn document(
     listen: SocketAddr,
     admin: SocketAddr,
     stable: SocketAddr,
     canary: SocketAddr,
 ) -> raw::Document {
-    raw::Document {
-        listeners: vec![raw::Listener {
-            addr: listen.to_string(),
-            tls: None,
-        }],
-        admin: Some(raw::Admin {
-            addr: Some(admin.to_string()),
-            token_file: None,
-        }),
-        routes: vec![raw::Route {
-            name: "demo".into(),
-            matches: None,
-            backends: vec![
-                raw::Backend {
-                    name: "stable".into(),
-                    url: format!("http://{stable}"),
-                    weight: 90,
-                    protocol: None,
-                },
-                raw::Backend {
-                    name: "canary".into(),
-                    url: format!("http://{canary}"),
-                    weight: 10,
-                    protocol: None,
-                },
-            ],
-            sticky: Some(raw::Sticky {
-                header: Some("x-user-id".into()),
-                cookie: None,
-            }),
-            override_header: Some("x-sluice-backend".into()),
-            timeout: Some("10s".into()),
-            mirror: None,
-            rollout: None,
-        }],
-        ..Default::default()
+    let yaml = format!(
+        r#"
+listeners: [{{ addr: "{listen}" }}]
+admin: {{ addr: "{admin}" }}
+routes:
+  - name: demo
+    backends:
+      - {{ name: stable, url: "http://{stable}", weight: 100 }}
+      - {{ name: canary, url: "http://{canary}", weight: 0 }}
+    sticky: {{ header: x-user-id }}
+    override_header: x-sluice-backend
+    timeout: 10s
+    rollout:
+      baseline: stable
+      canary: canary
+      stages:
+        - {{ weight: 10, bake: 30s }}
+        - {{ weight: 50, bake: 30s }}
+        - {{ weight: 100, bake: 30s }}
+      interval: 2s
+      window: 30s
+      min_requests: 20
+      gates:
+        success_rate: {{ warning: 99, critical: 95 }}
+        latency_p99: {{ warning: 200ms, critical: 500ms }}
+      smoke:
+        - {{ name: answers, path: /, expect_status: 200 }}
+"#
+    );
+    crate::config::parse_document(&yaml, crate::config::Syntax::Yaml)
+        .expect("the demo config parses")
+}
+
+/// Sends `per_second` requests a second to the demo proxy, as users with
+/// random ids, so the rollout has traffic to judge. Runs until the runtime stops.
+pub fn traffic(proxy: SocketAddr, per_second: u32) {
+    if per_second == 0 {
+        return;
     }
+    tokio::spawn(async move {
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let mut tick =
+            tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / per_second as f64));
+        loop {
+            tick.tick().await;
+            let req = Request::get(format!("http://{proxy}/"))
+                .header("x-user-id", format!("user-{}", fastrand::u32(..100_000)))
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            let c = client.clone();
+            tokio::spawn(async move {
+                if let Ok(r) = c.request(req).await {
+                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                }
+            });
+        }
+    });
 }

@@ -47,6 +47,9 @@ enum Command {
         /// Fraction (0..1) of requests the demo canary fails with 500.
         #[arg(long, default_value_t = 0.0)]
         canary_error_rate: f64,
+        /// Requests per second of built-in user traffic (0: none).
+        #[arg(long, default_value_t = 20)]
+        traffic: u32,
     },
     /// Validate a config file and print a summary, or every problem.
     Check {
@@ -77,12 +80,13 @@ fn main() -> ExitCode {
             listen,
             admin,
             canary_error_rate,
+            traffic,
         } => {
             if !(0.0..=1.0).contains(&canary_error_rate) {
                 eprintln!("--canary-error-rate must be between 0 and 1, not {canary_error_rate}");
                 return ExitCode::from(2);
             }
-            serve(None, Some((listen, admin, canary_error_rate)))
+            serve(None, Some((listen, admin, canary_error_rate, traffic)))
         }
         Command::Ctl {
             admin,
@@ -190,7 +194,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn serve(
     config_path: Option<(PathBuf, std::time::Duration)>,
-    demo: Option<(SocketAddr, SocketAddr, f64)>,
+    demo: Option<(SocketAddr, SocketAddr, f64, u32)>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -213,7 +217,7 @@ fn serve(
 
 async fn run(
     file: Option<(PathBuf, std::time::Duration)>,
-    demo: Option<(SocketAddr, SocketAddr, f64)>,
+    demo: Option<(SocketAddr, SocketAddr, f64, u32)>,
 ) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let watch_interval = file.as_ref().map(|f| f.1);
@@ -229,7 +233,7 @@ async fn run(
                 return Ok(ExitCode::from(1));
             }
         },
-        (None, Some((listen, admin, error_rate))) => {
+        (None, Some((listen, admin, error_rate, _))) => {
             let stable = sluice::demo::start_backend("stable", 0.0)
                 .await
                 .context("starting the demo backends")?;
@@ -253,6 +257,9 @@ async fn run(
     )
     .await
     .context("cannot start")?;
+    if let Some((_, _, _, per_second)) = demo {
+        sluice::demo::traffic(running.proxy_addr(), per_second);
+    }
     if demo_mode {
         println!("proxy:     http://{}", running.proxy_addr());
         println!("admin:     http://{}", running.admin_addr);
@@ -260,6 +267,10 @@ async fn run(
         println!(
             "try:       curl -H 'x-user-id: alice' http://{}/",
             running.proxy_addr()
+        );
+        println!(
+            "watch:     sluice ctl --admin http://{} watch demo",
+            running.admin_addr
         );
     }
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -345,3 +345,50 @@ fn deploy_manifests_carry_valid_configs() {
     }
     assert!(checked >= 2, "found {checked} configs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_a_rollout_and_prints_its_report() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.yaml");
+    let yaml = format!(
+        "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    rollout:\n      baseline: stable\n      canary: canary\n      interval: 50ms\n      stages: [{{ weight: 10, bake: 1h }}, {{ weight: 50, bake: 1h }}]\n      gates: {{ success_rate: {{ warning: 99, critical: 90 }} }}\n",
+        stable.url(),
+        canary.url()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let (_proc, _proxy, admin) = run_binary(&file, &[]);
+    let admin = admin.as_str();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = |args: &'static [&'static str]| tokio::task::block_in_place(|| ctl(admin, args));
+    let (code, out, err) = run(&["watch", "api", "--once"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rollout running · stage 1/2")
+            && out.contains("gate success_rate")
+            && out.contains("recent events"),
+        "{out}"
+    );
+    let (code, _, _) = run(&["pause", "api"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = run(&["pause", "api"]);
+    assert_eq!(code, 1, "pausing twice is refused: {err}");
+    assert!(err.contains("paused"), "{err}");
+    assert_eq!(run(&["resume", "api"]).0, 0);
+    let (code, out, _) = run(&["promote", "api"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stage 2/2"), "{out}");
+    let (code, _, err) = run(&["report", "api"]);
+    assert_eq!(code, 1, "no rollback yet: {err}");
+    assert_eq!(run(&["abort", "api"]).0, 0);
+    let (code, out, _) = run(&["report", "api"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("# Incident") && out.contains("aborted by hand"),
+        "{out}"
+    );
+    assert_eq!(run(&["restart", "api"]).0, 0);
+    let (_, out, _) = run(&["status"]);
+    assert!(out.contains("rollout running · stage 1/2"), "{out}");
+}

@@ -493,11 +493,15 @@ fn gates(g: Option<&raw::Gates>, c: &mut Ctx) -> Vec<Gate> {
             bound("warning", &pg.warning),
             bound("critical", &pg.critical),
         );
-        let lag = c.duration(
-            &format!("{base}.lag"),
-            pg.lag.as_deref(),
-            Duration::from_secs(30),
-        );
+        // A zero lag is allowed: a server that scrapes often has fresh data.
+        let lag = match pg.lag.as_deref().map(duration::parse) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                c.problem(&format!("{base}.lag"), e);
+                Duration::from_secs(30)
+            }
+        };
         let kind = GateKind::Prometheus {
             url: pg.url.trim_end_matches('/').to_string(),
             query: pg.query.clone(),

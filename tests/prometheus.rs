@@ -1,0 +1,126 @@
+//! A Prometheus gate against a real Prometheus server (Debian's package),
+//! started on loopback and scraping the proxy's own metrics.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use support::*;
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_prometheus(scrape: std::net::SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 500ms, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: sluice\n    scrape_interval: 500ms\n    static_configs: [{{ targets: [\"{scrape}\"] }}]\n"
+        ),
+    )
+    .unwrap();
+    let port = closed_port().await.port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the prometheus binary (Debian package prometheus; scripts/test.sh installs it)");
+    let p = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let c = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            c.request(
+                http::Request::get(format!("{}/-/ready", p.url))
+                    .body(Default::default())
+                    .unwrap(),
+            ),
+        )
+        .await
+        {
+            if r.status() == 200 {
+                return p;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    // The proxy's admin port must be known before Prometheus starts, so the
+    // gate's URL is filled in by a reload once Prometheus is up.
+    let base = |prom: &str| {
+        format!(
+            "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    rollout:\n      baseline: stable\n      canary: canary\n      interval: 200ms\n      stages: [{{ weight: 50, bake: 1h }}]\n      gates:\n        prometheus:\n          - name: canary_5xx\n            url: \"{prom}\"\n            query: 'sum(sluice_requests_total{{route=\"api\",backend=\"canary\",class=\"5xx\"}}) or vector(0)'\n            lag: 0s\n            critical: {{ above: 3 }}\n",
+            stable.url(),
+            canary.url()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.yaml");
+    std::fs::write(&file, base("http://127.0.0.1:1")).unwrap();
+    let p = start_proxy_file(&file).await;
+    let prom = start_prometheus(p.admin_addr).await;
+    std::fs::write(&file, base(&prom.url)).unwrap();
+    let load = Load::start(
+        format!("http://{}/", p.proxy_addr()),
+        4,
+        Duration::from_secs(60),
+    );
+
+    // First the gate reads a real value from Prometheus and passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rollout_status(&p, "api").await;
+        if r["gates"][0]["verdict"] == "pass" && r["gates"][0]["value"] == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never read Prometheus: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(canary.state.seen() > 0);
+    // Then the canary fails; Prometheus scrapes the failures; the gate trips.
+    canary.state.status.store(500, Relaxed);
+    let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(30)).await;
+    load.stop().await;
+    assert!(
+        r["last_rollback"].as_str().unwrap().contains("canary_5xx"),
+        "{r:#}"
+    );
+    assert!(r["gates"][0]["value"].as_f64().unwrap() > 3.0);
+    p.shutdown().await;
+}
