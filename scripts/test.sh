@@ -16,5 +16,6 @@ need() {
 
 need curl curl
 need prometheus prometheus   # Prometheus gates are tested against a real server
+need chromium chromium       # the dashboard is tested in a real headless browser
 
 cargo test --locked --all-targets "$@"

@@ -78,6 +78,8 @@ struct Runtime {
     /// (test number, canary lifetime counts at its start, when it started).
     tests: Vec<(u32, Snapshot, Instant)>,
     last_tick: Option<Instant>,
+    /// The Prometheus values of the last full tick, for fast checks.
+    prometheus: HashMap<String, Option<f64>>,
     /// Canary counts at the stage start, for the incident report.
     stage_start: Snapshot,
 }
@@ -88,6 +90,9 @@ impl Runtime {
         self.stage_start = now;
     }
 }
+
+/// How often criticals on traffic are checked between full ticks.
+const FAST_CHECK: Duration = Duration::from_millis(100);
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -279,20 +284,37 @@ impl Rollouts {
     }
 
     async fn drive(self: Arc<Self>, c: Arc<Controller>) {
+        let mut next_full = Instant::now();
         loop {
             let Some(plan) = plan_of(&self.control.current(), &c.route) else {
                 return;
             };
-            self.tick(&c, &plan).await;
+            let full = Instant::now() >= next_full;
+            if full {
+                next_full = Instant::now() + plan.interval;
+            }
+            self.tick(&c, &plan, full).await;
+            // Between full ticks, criticals on traffic are checked every
+            // FAST_CHECK: the sequential test stays valid however often it
+            // looks, so a broken canary is caught in a fraction of a second
+            // even with a 30 s interval.
+            let wait = next_full
+                .saturating_duration_since(Instant::now())
+                .min(FAST_CHECK);
             tokio::select! {
-                _ = tokio::time::sleep(plan.interval) => {}
-                _ = c.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = c.wake.notified() => next_full = Instant::now(),
             }
         }
     }
 
-    async fn tick(&self, c: &Arc<Controller>, plan: &Plan) {
+    /// A full tick runs everything; a fast one only looks for a critical
+    /// verdict on traffic (no smoke checks, no Prometheus queries, no bake).
+    async fn tick(&self, c: &Arc<Controller>, plan: &Plan, full: bool) {
         let phase = c.state.lock().unwrap().progress.phase;
+        if !full && phase != Phase::Running && phase != Phase::Paused {
+            return;
+        }
         if phase == Phase::Pending {
             if plan.started_at.is_some_and(|t| jiff::Timestamp::now() < t) {
                 return;
@@ -309,12 +331,18 @@ impl Rollouts {
         };
         let (canary, baseline) = (&route.backends[plan.canary], &route.backends[plan.baseline]);
 
-        let smoke = if plan.smoke.is_empty() {
+        let smoke = if plan.smoke.is_empty() || !full {
             Vec::new()
         } else {
             smoke::run(&self.client, &canary.pool.origin, &plan.smoke).await
         };
-        let prom = self.prometheus_values(plan).await;
+        let prom = if full {
+            let values = self.prometheus_values(plan).await;
+            c.runtime.lock().unwrap().prometheus = values.clone();
+            values
+        } else {
+            c.runtime.lock().unwrap().prometheus.clone()
+        };
 
         let now = now_ms();
         let cw = canary.stats.snapshot(plan.window);
@@ -340,7 +368,9 @@ impl Rollouts {
                 .collect();
             let now_i = Instant::now();
             let elapsed = rt.last_tick.map_or(Duration::ZERO, |t| now_i - t);
-            rt.last_tick = Some(now_i);
+            if full {
+                rt.last_tick = Some(now_i);
+            }
             (tests, elapsed, life.since(&rt.stage_start))
         };
         let lookup = |name: &str| prom.get(name).copied().flatten();
@@ -356,6 +386,9 @@ impl Rollouts {
             .filter(|s| !s.ok)
             .map(|s| format!("\"{}\": {}", s.name, s.detail))
             .collect();
+        if !full && !judged.iter().any(|g| g.verdict == Verdict::Critical) {
+            return;
+        }
         let judgement = Judgement {
             gates: judged.clone(),
             smoke_failures: smoke_failures.clone(),
