@@ -392,3 +392,44 @@ async fn ctl_drives_a_rollout_and_prints_its_report() {
     let (_, out, _) = run(&["status"]);
     assert!(out.contains("rollout running · stage 1/2"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_and_it_resumes_at_the_same_stage() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.yaml");
+    let yaml = format!(
+        "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nstate_dir: state\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    rollout:\n      baseline: stable\n      canary: canary\n      interval: 50ms\n      stages: [{{ weight: 10, bake: 1h }}, {{ weight: 30, bake: 1h }}, {{ weight: 100, bake: 1h }}]\n      gates: {{ success_rate: {{ critical: 90 }} }}\n",
+        stable.url(),
+        canary.url()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let (mut first, _, admin) = run_binary(&file, &[]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin_s = admin.clone();
+    let (code, _, err) = tokio::task::block_in_place(|| ctl(&admin_s, &["promote", "api"]));
+    assert_eq!(code, 0, "{err}");
+    signal(&first.0, "-KILL");
+    let _ = first.0.wait();
+
+    let (_second, proxy, admin) = run_binary(&file, &[]);
+    let c = client();
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&c, &format!("http://{admin}/status"), &[]).await.1).unwrap();
+    let route = &status["routes"][0];
+    assert_eq!(route["rollout"]["state"], "running", "{status:#}");
+    assert_eq!(route["rollout"]["stage"], 2, "{status:#}");
+    assert_eq!(route["backends"][1]["weight"], 30, "the stage's weights are back: {status:#}");
+    let events = get(&c, &format!("http://{admin}/events?route=api"), &[]).await.1;
+    for kind in ["rollout_started", "promote", "rollout_resumed"] {
+        assert!(events.contains(&format!("\"kind\": \"{kind}\"")), "{kind} missing: {events}");
+    }
+    let mut canary_users = 0;
+    for i in 0..200 {
+        let (s, body) = get(&c, &format!("http://{proxy}/"), &[("x-user-id", &format!("u{i}"))]).await;
+        assert_eq!(s, 200);
+        canary_users += (who(&body) == "canary") as u32;
+    }
+    assert!((25..=100).contains(&canary_users), "about 30 % to the canary: {canary_users}/200");
+}
