@@ -134,12 +134,31 @@ pin_project! {
     /// small body sluice made itself (errors, admin answers).
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
-        Upstream { #[pin] inner: Incoming, outcome: Outcome },
+        Upstream { #[pin] inner: Incoming, outcome: Outcome, lease: Option<crate::upstream::Lease> },
         Local { data: Option<Bytes> },
     }
 }
 
 impl ResponseBody {
+    /// The backend's body. A body that is already complete (no content)
+    /// gives its connection back at once.
+    pub fn upstream(
+        inner: Incoming,
+        outcome: Outcome,
+        mut lease: Option<crate::upstream::Lease>,
+    ) -> Self {
+        if inner.is_end_stream() {
+            if let Some(l) = lease.take() {
+                l.release();
+            }
+        }
+        ResponseBody::Upstream {
+            inner,
+            outcome,
+            lease,
+        }
+    }
+
     pub fn local(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         ResponseBody::Local {
@@ -164,22 +183,39 @@ impl Body for ResponseBody {
             ResponseBodyProj::Local { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
-            ResponseBodyProj::Upstream { inner, outcome } => match ready!(inner.poll_frame(cx)) {
+            ResponseBodyProj::Upstream {
+                mut inner,
+                outcome,
+                lease,
+            } => match ready!(inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
                         if grpc_failed(trailers) {
                             outcome.class = Class::Server5xx;
                         }
                     }
+                    // With a known length the server stops polling after the
+                    // last byte, so the end is noticed here, not at `None`.
+                    if inner.is_end_stream() {
+                        outcome.finish();
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Some(Err(e)) => {
+                    lease.take();
                     outcome.class = Class::Error;
                     outcome.finish();
                     Poll::Ready(Some(Err(e.into())))
                 }
                 None => {
                     outcome.finish();
+                    // The exchange is complete: the connection may carry another.
+                    if let Some(lease) = lease.take() {
+                        lease.release();
+                    }
                     Poll::Ready(None)
                 }
             },

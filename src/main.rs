@@ -196,7 +196,7 @@ fn serve(
     config_path: Option<(PathBuf, std::time::Duration)>,
     demo: Option<(SocketAddr, SocketAddr, f64, u32)>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

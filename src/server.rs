@@ -26,6 +26,10 @@ pub struct Options {
     /// Where relative paths resolve when there is no config file (default:
     /// the config file's directory, else the working directory).
     pub base_dir: Option<PathBuf>,
+    /// Data-plane threads, each with its own single-threaded runtime and its
+    /// own accepting socket per listener (default: one per available core).
+    /// The first runs on the caller's runtime, with the control plane.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,8 @@ pub struct Running {
     pub rollouts: Arc<crate::rollout::controller::Rollouts>,
     pub config_path: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
+    /// Tells worker threads to end once draining is over.
+    stopped: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     max_connections: usize,
     tasks: Vec<JoinHandle<()>>,
@@ -72,7 +78,14 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let admin_cfg = config.admin.clone();
     let max_connections = config.limits.max_connections;
 
-    let mut listeners = Vec::new();
+    let workers = options
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // One accepting socket per listener per worker, all on the same address.
+    let mut sockets: Vec<Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut proxy_addrs = Vec::new();
     for spec in &listener_specs {
         let tls = match &spec.tls {
             None => None,
@@ -81,14 +94,23 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
                     .map_err(StartError::Tls)?,
             ),
         };
-        let addr = spec.addr;
-        let l = crate::proxy::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-        listeners.push((l, tls));
+        let mut addr = spec.addr;
+        for worker in sockets.iter_mut() {
+            let l = crate::proxy::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+            // Port 0 picks a port once; the other workers join it.
+            addr = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            worker.push((l, tls.clone()));
+        }
+        proxy_addrs.push(addr);
     }
-    let admin_listener = crate::proxy::bind(admin_cfg.addr).map_err(|source| StartError::Bind {
-        addr: admin_cfg.addr,
-        source,
-    })?;
+    let admin_listener = crate::proxy::bind(admin_cfg.addr)
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| StartError::Bind {
+            addr: admin_cfg.addr,
+            source,
+        })?;
 
     let metrics = Metrics::new();
     let control = Arc::new(ControlPlane::new(
@@ -100,10 +122,14 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(max_connections));
+    let (stopped, stopped_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut proxy_addrs = Vec::new();
-    for (l, tls) in listeners {
-        proxy_addrs.push(l.local_addr().expect("a bound listener has an address"));
+    let mut sockets = sockets.into_iter();
+    for (l, tls) in sockets.next().unwrap_or_default() {
+        let l = tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Bind {
+            addr: proxy_addrs[0],
+            source,
+        })?;
         tasks.push(tokio::spawn(crate::proxy::serve(
             l,
             tls,
@@ -111,6 +137,46 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
             connections.clone(),
             shutdown_rx.clone(),
         )));
+    }
+    for (i, worker) in sockets.enumerate() {
+        let (table, connections, shutdown_rx) = (
+            control.table_handle(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        );
+        let mut stopped_rx = stopped_rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("sluice-worker-{}", i + 1))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!(error = %e, "cannot start a worker runtime"),
+                };
+                rt.block_on(async move {
+                    for (l, tls) in worker {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(crate::proxy::serve(
+                                    l,
+                                    tls,
+                                    table.clone(),
+                                    connections.clone(),
+                                    shutdown_rx.clone(),
+                                ));
+                            }
+                            Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
+                        }
+                    }
+                    // Connections live on this runtime until sluice has drained.
+                    let _ = stopped_rx.wait_for(|s| *s).await;
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
+        }
     }
     let admin_addr = admin_listener
         .local_addr()
@@ -151,6 +217,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         rollouts,
         config_path: options.config_path,
         shutdown,
+        stopped,
         connections,
         max_connections,
         tasks,
@@ -192,6 +259,7 @@ impl Running {
             tracing::warn!("drain timeout reached with connections still open");
         }
         self.rollouts.stop();
+        let _ = self.stopped.send(true);
         for t in &self.tasks {
             t.abort();
         }

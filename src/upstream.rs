@@ -1,15 +1,31 @@
-//! Connection pools to backends: one per backend identity (address, protocol,
-//! connect timeout), carried across table swaps so that a weight change keeps
-//! warm connections, and dropped when no table references the backend.
+//! Connection pools to backends: one per backend identity (address,
+//! protocol, timeouts), carried across table swaps so that a weight change
+//! keeps warm connections, and dropped when no table references the backend.
+//!
+//! HTTP/1.1 backends get sluice's own pool: idle `SendRequest` handles in a
+//! lock-free queue, checked out per request and returned when the response
+//! body has been read to its end. hyper-util's general-purpose client boxes
+//! futures, locks a keyed pool, races checkout against connect and spawns a
+//! task per streaming response; none of that is needed when the pool already
+//! belongs to one backend. h2c backends multiplex over hyper-util's client.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::RequestBody;
+use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
+
+/// Idle connections kept per backend; more are closed when returned.
+const MAX_IDLE: usize = 1024;
 
 /// What identifies a pool: two backends with the same key share connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,74 +37,218 @@ pub struct PoolKey {
 
 /// A keep-alive pool to one backend.
 pub struct Pool {
-    client: Client<HttpConnector, RequestBody>,
-    /// `http://host:port`, prepended to each request's path.
+    /// `host:port`, as it goes into request URIs.
     pub origin: http::uri::Authority,
     pub protocol: Protocol,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: ArrayQueue<Idle>,
+    h2: Option<Client<HttpConnector, RequestBody>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("origin", &self.origin)
+            .field("idle", &self.idle.len())
             .finish()
     }
 }
 
-impl Pool {
-    pub fn new(key: &PoolKey) -> Self {
-        let mut connector = HttpConnector::new();
-        // hyper-util's connector waits for the OS (minutes) unless told.
-        connector.set_connect_timeout(Some(key.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(key.idle_timeout)
-            .http2_only(key.upstream.protocol == Protocol::H2c)
-            .retry_canceled_requests(true)
-            .set_host(false);
-        Pool {
-            client: builder.build(connector),
-            origin: key.upstream.authority.clone(),
-            protocol: key.upstream.protocol,
-        }
-    }
+/// A checked-out HTTP/1.1 connection, busy with one response. Going back to
+/// the pool only when that response's body was read to its end keeps a
+/// connection from carrying two exchanges at once; dropped otherwise, it
+/// closes.
+pub struct Lease {
+    sender: http1::SendRequest<RequestBody>,
+    pool: Arc<Pool>,
+}
 
-    pub fn send(
-        &self,
-        req: http::Request<RequestBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
+impl Lease {
+    pub fn release(self) {
+        let _ = self.pool.idle.push(Idle {
+            sender: self.sender,
+            since: Instant::now(),
+        });
     }
 }
 
 /// Why a backend gave no usable response; decides 502 versus 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Could not connect in time, or the response headers did not come in time.
+    /// Could not connect in time.
     Timeout,
     /// Refused, reset, or spoke something that is not HTTP.
     Broken,
     /// The client's request body broke the limits (size or time): not the backend's fault.
-    Downstream(crate::body::BodyLimit),
+    Downstream(BodyLimit),
 }
 
-/// Classifies a client error by walking its source chain.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(limit) = e.downcast_ref::<crate::body::BodyLimit>() {
-            return Failure::Downstream(*limit);
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct UpstreamError {
+    pub failure: Failure,
+    source: BoxError,
+}
+
+impl UpstreamError {
+    fn new(failure: Failure, source: impl Into<BoxError>) -> Self {
+        UpstreamError {
+            failure,
+            source: source.into(),
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return Failure::Timeout;
+    }
+
+    /// Classifies an error by walking its source chain.
+    fn classify(err: impl Into<BoxError>) -> Self {
+        let err: BoxError = err.into();
+        let mut failure = Failure::Broken;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+        while let Some(e) = source {
+            if let Some(limit) = e.downcast_ref::<BodyLimit>() {
+                failure = Failure::Downstream(*limit);
+                break;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    failure = Failure::Timeout;
+                    break;
+                }
+            }
+            source = e.source();
+        }
+        UpstreamError {
+            failure,
+            source: err,
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(key: &PoolKey) -> Self {
+        let h2 = (key.upstream.protocol == Protocol::H2c).then(|| {
+            let mut connector = HttpConnector::new();
+            // hyper-util's connector waits for the OS (minutes) unless told.
+            connector.set_connect_timeout(Some(key.connect_timeout));
+            connector.set_nodelay(true);
+            connector.enforce_http(true);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(key.idle_timeout)
+                .http2_only(true)
+                .set_host(false)
+                .build(connector)
+        });
+        Pool {
+            origin: key.upstream.authority.clone(),
+            protocol: key.upstream.protocol,
+            connect_timeout: key.connect_timeout,
+            idle_timeout: key.idle_timeout,
+            idle: ArrayQueue::new(MAX_IDLE),
+            h2,
+        }
+    }
+
+    /// Sends a request to the backend; the lease, if any, must be released
+    /// when the response body ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        if let Some(client) = &self.h2 {
+            return client
+                .request(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(UpstreamError::classify);
+        }
+        // A pooled connection first; one the backend closed while idle is
+        // skipped, and a request it could not take is retried elsewhere.
+        while let Some(idle) = self.idle.pop() {
+            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(self.lease(sender)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::classify(e.into_error())),
+                },
             }
         }
-        source = e.source();
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::classify)?;
+        Ok((resp, Some(self.lease(sender))))
     }
-    Failure::Broken
+
+    fn lease(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) -> Lease {
+        Lease {
+            sender,
+            pool: self.clone(),
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let connect = async {
+            let addr = self.resolve().await?;
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(UpstreamError::new(Failure::Broken, e)),
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    Failure::Timeout,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
+                ))
+            }
+        };
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::classify)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        let host = self
+            .origin
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = self.origin.port_u16().unwrap_or(80);
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host} has no address"),
+                )
+            })
+    }
 }

@@ -420,16 +420,32 @@ async fn kill_9_mid_rollout_and_it_resumes_at_the_same_stage() {
     let route = &status["routes"][0];
     assert_eq!(route["rollout"]["state"], "running", "{status:#}");
     assert_eq!(route["rollout"]["stage"], 2, "{status:#}");
-    assert_eq!(route["backends"][1]["weight"], 30, "the stage's weights are back: {status:#}");
-    let events = get(&c, &format!("http://{admin}/events?route=api"), &[]).await.1;
+    assert_eq!(
+        route["backends"][1]["weight"], 30,
+        "the stage's weights are back: {status:#}"
+    );
+    let events = get(&c, &format!("http://{admin}/events?route=api"), &[])
+        .await
+        .1;
     for kind in ["rollout_started", "promote", "rollout_resumed"] {
-        assert!(events.contains(&format!("\"kind\": \"{kind}\"")), "{kind} missing: {events}");
+        assert!(
+            events.contains(&format!("\"kind\": \"{kind}\"")),
+            "{kind} missing: {events}"
+        );
     }
     let mut canary_users = 0;
     for i in 0..200 {
-        let (s, body) = get(&c, &format!("http://{proxy}/"), &[("x-user-id", &format!("u{i}"))]).await;
+        let (s, body) = get(
+            &c,
+            &format!("http://{proxy}/"),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
         assert_eq!(s, 200);
         canary_users += (who(&body) == "canary") as u32;
     }
-    assert!((25..=100).contains(&canary_users), "about 30 % to the canary: {canary_users}/200");
+    assert!(
+        (25..=100).contains(&canary_users),
+        "about 30 % to the canary: {canary_users}/200"
+    );
 }

@@ -335,22 +335,39 @@ async fn a_backend_that_does_not_accept_in_time_gives_504() {
     // A listener that never accepts, with its backlog filled: the kernel
     // drops further SYNs, so a new connection neither succeeds nor fails.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
     socket.listen(0).unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
             fillers.push(s);
         }
     }
-    let yaml = one("x", format!("http://{addr}")).replace("routes:", "limits: { connect_timeout: 300ms }\nroutes:");
+    let yaml = one("x", format!("http://{addr}"))
+        .replace("routes:", "limits: { connect_timeout: 300ms }\nroutes:");
     let p = start_proxy(&yaml).await;
     let started = Instant::now();
     let (s, body) = status_of(format!("http://{}/", p.proxy_addr())).await;
     assert_eq!(s, 504, "{body}");
-    assert!(body.contains("did not accept a connection in time"), "{body}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        body.contains("did not accept a connection in time"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     p.shutdown().await;
     drop(socket);
 }

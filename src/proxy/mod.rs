@@ -34,15 +34,6 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let local = listener.local_addr().ok();
     loop {
-        // Backpressure: at max_connections, stop accepting until one closes;
-        // the kernel's backlog holds the rest.
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|s| *s) => return,
@@ -55,6 +46,18 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // Backpressure: at max_connections this worker holds the connection
+        // it just accepted, and accepts no other, until one closes; the
+        // kernel's backlog holds the rest. (Waiting before accept instead
+        // would strand connections the kernel queued on another worker's
+        // socket.)
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
         };
         let _ = stream.set_nodelay(true);
         let table = table.clone();
@@ -100,6 +103,9 @@ async fn serve_connection<I>(
         // The read buffer bounds the request head: a head that does not fit
         // gets 431. (hyper's floor for it is 8 KiB; validation enforces it.)
         .max_buf_size(limits.max_header_bytes)
+        // Small responses go out in one copy-and-write rather than a
+        // vectored write of head and body (measured faster on loopback).
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
@@ -140,14 +146,21 @@ async fn serve_connection<I>(
 }
 
 /// Binds a listener the way a proxy wants it: address reuse, so a restart
-/// does not wait for TIME_WAIT, and a deep backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+/// does not wait for TIME_WAIT, port reuse, so each worker thread can accept
+/// on its own socket for the same address (the kernel spreads connections
+/// across them), and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }

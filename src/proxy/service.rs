@@ -18,7 +18,7 @@ use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
 use crate::table::Table;
-use crate::upstream::{classify, Failure};
+use crate::upstream::Failure;
 
 /// Serves one downstream connection's requests.
 #[derive(Clone)]
@@ -181,7 +181,7 @@ impl ProxyService {
         let result = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
         let latency = started.elapsed();
         match result {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, lease))) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let class = if grpc_failed(&parts.headers) {
@@ -190,15 +190,9 @@ impl ProxyService {
                     Class::of_status(parts.status.as_u16())
                 };
                 let outcome = Outcome::new(backend.stats.clone(), class, latency);
-                Response::from_parts(
-                    parts,
-                    ResponseBody::Upstream {
-                        inner: body,
-                        outcome,
-                    },
-                )
+                Response::from_parts(parts, ResponseBody::upstream(body, outcome, lease))
             }
-            Ok(Err(e)) => match classify(&e) {
+            Ok(Err(e)) => match e.failure {
                 Failure::Downstream(BodyLimit::TooLarge) => local_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body is larger than limits.max_body_bytes",

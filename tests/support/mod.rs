@@ -301,7 +301,7 @@ pub async fn start_proxy_file(path: &Path) -> sluice::server::Running {
         sluice::server::Options {
             config_path: Some(path.to_path_buf()),
             watch_interval: Some(Duration::from_millis(50)),
-            base_dir: None,
+            ..Default::default()
         },
     )
     .await
