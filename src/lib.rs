@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;

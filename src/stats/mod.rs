@@ -6,28 +6,14 @@ pub mod prom;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
 pub use window::{Class, Lifetime, Snapshot, Window};
 
-/// The monotonic clock windows are keyed by: seconds since the process's
-/// first use of it.
-pub fn now_sec() -> u64 {
-    epoch().elapsed().as_secs()
-}
-
-/// The second an `Instant` falls in, on the same clock as [`now_sec`].
-pub fn sec_of(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_secs()
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
+pub use crate::clock::{now_sec, sec_of};
 
 /// Everything one request outcome is recorded into, for one (route, backend).
 /// Shared by every table version in which that route keeps that backend, so
