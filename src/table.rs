@@ -246,8 +246,10 @@ impl Registry {
             .collect();
         // Backends that left: zero their weight gauge so dashboards do not
         // show a stale share.
+        let staying: std::collections::HashSet<(&Arc<str>, &Arc<str>)> =
+            stats.keys().map(|(r, b, _)| (r, b)).collect();
         for (route, backend, _) in self.stats.keys() {
-            if !stats.keys().any(|(r, b, _)| r == route && b == backend) {
+            if !staying.contains(&(route, backend)) {
                 self.metrics.weight(route, backend).set(0.0);
             }
         }

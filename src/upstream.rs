@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -42,7 +44,10 @@ pub struct Pool {
     pub protocol: Protocol,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: ArrayQueue<Idle>,
+    /// Grows in small blocks as connections go idle, so a table of
+    /// thousands of backends costs nothing until they carry traffic.
+    idle: SegQueue<Idle>,
+    idle_len: AtomicUsize,
     h2: Option<Client<HttpConnector, RequestBody>>,
 }
 
@@ -55,7 +60,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("origin", &self.origin)
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle_len.load(Relaxed))
             .finish()
     }
 }
@@ -71,7 +76,12 @@ pub struct Lease {
 
 impl Lease {
     pub fn release(self) {
-        let _ = self.pool.idle.push(Idle {
+        let pool = &self.pool;
+        if pool.idle_len.fetch_add(1, Relaxed) >= MAX_IDLE {
+            pool.idle_len.fetch_sub(1, Relaxed);
+            return; // enough idle connections: this one closes
+        }
+        pool.idle.push(Idle {
             sender: self.sender,
             since: Instant::now(),
         });
@@ -150,7 +160,8 @@ impl Pool {
             protocol: key.upstream.protocol,
             connect_timeout: key.connect_timeout,
             idle_timeout: key.idle_timeout,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: SegQueue::new(),
+            idle_len: AtomicUsize::new(0),
             h2,
         }
     }
@@ -171,6 +182,7 @@ impl Pool {
         // A pooled connection first; one the backend closed while idle is
         // skipped, and a request it could not take is retried elsewhere.
         while let Some(idle) = self.idle.pop() {
+            self.idle_len.fetch_sub(1, Relaxed);
             if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
                 continue;
             }

@@ -99,6 +99,11 @@ fn yaml_options() -> serde_saphyr::Options {
     o.strict_booleans = true;
     o.leading_zero_numbers_as_strings = true;
     o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    // The parser's default budget (250 000 nodes) refuses a table of about
+    // 8 000 routes; allow large tables while keeping alias and depth limits.
+    let budget = o.budget.get_or_insert_with(Default::default);
+    budget.max_nodes = 20_000_000;
+    budget.max_events = 80_000_000;
     o
 }
 
