@@ -352,11 +352,8 @@ async fn ctl_drives_a_rollout_and_prints_its_report() {
     let canary = Backend::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.yaml");
-    let yaml = format!(
-        "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    rollout:\n      baseline: stable\n      canary: canary\n      interval: 50ms\n      stages: [{{ weight: 10, bake: 1h }}, {{ weight: 50, bake: 1h }}]\n      gates: {{ success_rate: {{ warning: 99, critical: 90 }} }}\n",
-        stable.url(),
-        canary.url()
-    );
+    let plan = "interval: 50ms\nstages: [{ weight: 10, bake: 1h }, { weight: 50, bake: 1h }]\ngates: { success_rate: { warning: 99, critical: 90 } }\n";
+    let yaml = rollout_yaml(&stable, &canary, plan, "");
     std::fs::write(&file, yaml).unwrap();
     let (_proc, _proxy, admin) = run_binary(&file, &[]);
     let admin = admin.as_str();
@@ -399,11 +396,8 @@ async fn kill_9_mid_rollout_and_it_resumes_at_the_same_stage() {
     let canary = Backend::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.yaml");
-    let yaml = format!(
-        "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nstate_dir: state\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    rollout:\n      baseline: stable\n      canary: canary\n      interval: 50ms\n      stages: [{{ weight: 10, bake: 1h }}, {{ weight: 30, bake: 1h }}, {{ weight: 100, bake: 1h }}]\n      gates: {{ success_rate: {{ critical: 90 }} }}\n",
-        stable.url(),
-        canary.url()
-    );
+    let plan = "interval: 50ms\nstages: [{ weight: 10, bake: 1h }, { weight: 30, bake: 1h }, { weight: 100, bake: 1h }]\ngates: { success_rate: { critical: 90 } }\n";
+    let yaml = rollout_yaml(&stable, &canary, plan, "state_dir: state\n");
     std::fs::write(&file, yaml).unwrap();
     let (mut first, _, admin) = run_binary(&file, &[]);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// A route over stable and canary with a rollout plan; `plan` is indented
-/// under `rollout:`.
-fn rollout_yaml(stable: &Backend, canary: &Backend, plan: &str, extra_top: &str) -> String {
-    let mut y = format!(
-        "{extra_top}listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    sticky: {{ header: x-user-id }}\n    rollout:\n      baseline: stable\n      canary: canary\n",
-        stable.url(),
-        canary.url()
-    );
-    for line in plan.lines().filter(|l| !l.trim().is_empty()) {
-        y.push_str(&format!("      {line}\n"));
-    }
-    y
-}
-
 const FAST: &str = "interval: 20ms\nwindow: 2s\nmin_requests: 20\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -425,3 +425,17 @@ pub async fn wait_state(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A route over stable and canary with a rollout plan; `plan` is indented
+/// under `rollout:`.
+pub fn rollout_yaml(stable: &Backend, canary: &Backend, plan: &str, extra_top: &str) -> String {
+    let mut y = format!(
+        "{extra_top}listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"{}\", weight: 100 }}\n      - {{ name: canary, url: \"{}\", weight: 0 }}\n    sticky: {{ header: x-user-id }}\n    rollout:\n      baseline: stable\n      canary: canary\n",
+        stable.url(),
+        canary.url()
+    );
+    for line in plan.lines().filter(|l| !l.trim().is_empty()) {
+        y.push_str(&format!("      {line}\n"));
+    }
+    y
+}
