@@ -26,8 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
 
-/// Idle connections kept per backend; more are closed when returned.
-const MAX_IDLE: usize = 1024;
+/// Idle connections kept per backend (nginx's `keepalive` in the benchmark
+/// peers is 512 too); more are closed when returned.
+const MAX_IDLE: usize = 512;
 
 /// What identifies a pool: two backends with the same key share connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -201,6 +201,35 @@ async fn metrics_and_status_count_what_backends_saw() {
     p.shutdown().await;
 }
 
+/// Reads one whole HTTP/1.1 response with a Content-Length (head and body
+/// may arrive in separate segments).
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the whole response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Sends raw bytes and returns whatever comes back before the server closes
 /// or 3 s pass.
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
@@ -269,9 +298,9 @@ async fn limits_fire() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
+    let response = read_response(&mut s).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let idle_from = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
     assert!(

@@ -64,23 +64,43 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let state = ConnState::new();
-            let io = MeteredIo::new(stream, state.clone());
-            match acceptor {
-                None => serve_connection(io, state, peer, false, table, shutdown).await,
-                Some(acceptor) => {
-                    let timeout = table.load().config.limits.header_read_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, state, peer, true, table, shutdown).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+            // A connection that has sent nothing yet costs only this small
+            // task: the HTTP machinery (and its buffers) is allocated once
+            // the client speaks. One that never speaks is closed after the
+            // header read timeout.
+            let wait = table.load().config.limits.header_read_timeout;
+            let mut stop = shutdown.clone();
+            let ready = tokio::select! {
+                r = tokio::time::timeout(wait, stream.readable()) => matches!(r, Ok(Ok(()))),
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if ready {
+                Box::pin(connection(stream, peer, acceptor, table, shutdown)).await;
             }
             drop(permit);
         });
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    table: Arc<ArcSwap<Table>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let state = ConnState::new();
+    let io = MeteredIo::new(stream, state.clone());
+    match acceptor {
+        None => serve_connection(io, state, peer, false, table, shutdown).await,
+        Some(acceptor) => {
+            let timeout = table.load().config.limits.header_read_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => serve_connection(tls, state, peer, true, table, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 
