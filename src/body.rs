@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::proxy::conn::InFlight;
 use crate::stats::{BackendStats, Class};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,6 +28,10 @@ pub enum BodyLimit {
     TooLarge,
     #[error("request was not received within limits.request_timeout")]
     Timeout,
+    /// The client's body broke off (reset, truncated chunking): the client's
+    /// fault, never the backend's.
+    #[error("the request body ended early")]
+    Incomplete,
 }
 
 pin_project! {
@@ -39,18 +45,38 @@ pin_project! {
         // Armed only if the body ever has to wait, so bodiless requests
         // allocate no timer.
         sleep: Option<Pin<Box<Sleep>>>,
+        // Set once the whole body has been read; `None` when there was no body.
+        done: Option<Arc<AtomicBool>>,
     }
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, max: Option<u64>, deadline: Instant) -> Self {
+        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         RequestBody {
             inner,
             received: 0,
             max,
             deadline,
             sleep: None,
+            done,
         }
+    }
+
+    /// Tells whether the whole body has been sent on (always true for a
+    /// request without one).
+    pub fn progress(&self) -> BodyProgress {
+        BodyProgress(self.done.clone())
+    }
+}
+
+/// Whether a request body has been read to its end.
+#[derive(Debug, Clone, Default)]
+pub struct BodyProgress(Option<Arc<AtomicBool>>);
+
+impl BodyProgress {
+    pub fn finished(&self) -> bool {
+        self.0.as_ref().is_none_or(|d| d.load(Ordering::Acquire))
     }
 }
 
@@ -73,8 +99,16 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body broke off");
+                Poll::Ready(Some(Err(BodyLimit::Incomplete.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(d) = this.done {
+                    d.store(true, Ordering::Release);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let deadline = tokio::time::Instant::from_std(*this.deadline);
                 let sleep = this
@@ -134,8 +168,13 @@ pin_project! {
     /// small body sluice made itself (errors, admin answers).
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
-        Upstream { #[pin] inner: Incoming, outcome: Outcome, lease: Option<crate::upstream::Lease> },
-        Local { data: Option<Bytes> },
+        Upstream {
+            #[pin] inner: Incoming,
+            outcome: Outcome,
+            lease: Option<crate::upstream::Lease>,
+            in_flight: Option<InFlight>,
+        },
+        Local { data: Option<Bytes>, in_flight: Option<InFlight> },
     }
 }
 
@@ -156,18 +195,34 @@ impl ResponseBody {
             inner,
             outcome,
             lease,
+            in_flight: None,
         }
+    }
+
+    /// Keeps the request counted in flight on its connection until this
+    /// body has been sent or dropped.
+    pub fn with_in_flight(mut self, guard: InFlight) -> Self {
+        match &mut self {
+            ResponseBody::Upstream { in_flight, .. } | ResponseBody::Local { in_flight, .. } => {
+                *in_flight = Some(guard)
+            }
+        }
+        self
     }
 
     pub fn local(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         ResponseBody::Local {
             data: (!data.is_empty()).then_some(data),
+            in_flight: None,
         }
     }
 
     pub fn empty() -> Self {
-        ResponseBody::Local { data: None }
+        ResponseBody::Local {
+            data: None,
+            in_flight: None,
+        }
     }
 }
 
@@ -180,13 +235,14 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Local { data } => {
+            ResponseBodyProj::Local { data, .. } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
             ResponseBodyProj::Upstream {
                 mut inner,
                 outcome,
                 lease,
+                ..
             } => match ready!(inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
@@ -225,14 +281,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
-            ResponseBody::Local { data } => data.is_none(),
+            ResponseBody::Local { data, .. } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
-            ResponseBody::Local { data } => {
+            ResponseBody::Local { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

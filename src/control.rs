@@ -243,14 +243,22 @@ impl ControlPlane {
         if matches!(change, Change::Replace(_)) && *cfg.document == *current.config.document {
             return Ok(current);
         }
-        if let Change::Rollout {
-            route,
-            fingerprint,
-            weights,
-        } = &change
-        {
-            w.rollout_weights
-                .insert(route.clone(), (fingerprint.clone(), weights.clone()));
+        match &change {
+            Change::Rollout {
+                route,
+                fingerprint,
+                weights,
+            } => {
+                w.rollout_weights
+                    .insert(route.clone(), (fingerprint.clone(), weights.clone()));
+            }
+            // A person set the weights: a later reload must not bring back
+            // what a finished rollout had set.
+            Change::Weights { route, .. } | Change::Rollback { route } => {
+                w.rollout_weights.remove(route);
+            }
+            Change::Restore { .. } => w.rollout_weights.clear(),
+            Change::Replace(_) => {}
         }
         let version = w.next_version;
         w.next_version += 1;
@@ -300,7 +308,7 @@ impl ControlPlane {
         let mut doc = self.changed_document(w, current, change)?;
         // Routes under a rollout keep the controller's weights across
         // reloads and restores, as long as the rollout is the same one.
-        if matches!(change, Change::Replace(_) | Change::Restore { .. }) {
+        if matches!(change, Change::Replace(_)) {
             for r in &mut doc.routes {
                 let Some(fp) = config::plan::fingerprint(r) else {
                     continue;

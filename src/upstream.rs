@@ -73,10 +73,24 @@ impl std::fmt::Debug for Pool {
 pub struct Lease {
     sender: http1::SendRequest<RequestBody>,
     pool: Arc<Pool>,
+    request_body: crate::body::BodyProgress,
 }
 
 impl Lease {
+    /// Notes the request body whose end, too, the connection must see
+    /// before it may carry another exchange.
+    pub fn with_request_body(mut self, progress: crate::body::BodyProgress) -> Self {
+        self.request_body = progress;
+        self
+    }
+
     pub fn release(self) {
+        if !self.request_body.finished() {
+            // The backend answered before the upload ended: this connection
+            // is still busy sending; let it close rather than make the next
+            // request wait for someone else's upload.
+            return;
+        }
         let pool = &self.pool;
         if pool.idle_len.fetch_add(1, Relaxed) >= MAX_IDLE {
             pool.idle_len.fetch_sub(1, Relaxed);
@@ -211,6 +225,7 @@ impl Pool {
         Lease {
             sender,
             pool: self.clone(),
+            request_body: Default::default(),
         }
     }
 

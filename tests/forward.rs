@@ -400,3 +400,27 @@ async fn a_backend_that_does_not_accept_in_time_gives_504() {
     p.shutdown().await;
     drop(socket);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_second_request_on_a_keep_alive_connection_is_cut_off() {
+    let b = Backend::start("b").await;
+    let yaml = one("b", b.url()).replace(
+        "routes:",
+        "limits: { header_read_timeout: 300ms, idle_timeout: 10s }\nroutes:",
+    );
+    let p = start_proxy(&yaml).await;
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The next request starts and stalls: cut off long before the idle timeout.
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_500), "closed after {took:?}");
+    p.shutdown().await;
+}

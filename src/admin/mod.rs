@@ -229,7 +229,11 @@ impl Admin {
                     route: route.to_string(),
                     weights,
                 };
-                self.applied(control.apply(change, &actor, None))
+                let result = control.apply(change, &actor, None);
+                if result.is_ok() {
+                    self.rollouts.weights_set_by_hand(Some(route));
+                }
+                self.applied(result)
             }
             (&Method::POST, ["routes", route, "rollback"]) if self.rollouts.owns_weights(route) => {
                 // Rolling back a route under a rollout aborts the rollout.
@@ -256,7 +260,11 @@ impl Admin {
                 let change = Change::Rollback {
                     route: route.to_string(),
                 };
-                self.applied(control.apply(change, &actor, Some("requested through the admin API")))
+                let result = control.apply(change, &actor, Some("requested through the admin API"));
+                if result.is_ok() {
+                    self.rollouts.weights_set_by_hand(Some(route));
+                }
+                self.applied(result)
             }
             (&Method::GET, ["history"]) => {
                 let current = control.current().version;
@@ -283,7 +291,13 @@ impl Admin {
                 ),
             },
             (&Method::POST, ["history", version, "restore"]) => match version.parse::<u64>() {
-                Ok(v) => self.applied(control.apply(Change::Restore { version: v }, &actor, None)),
+                Ok(v) => {
+                    let result = control.apply(Change::Restore { version: v }, &actor, None);
+                    if result.is_ok() {
+                        self.rollouts.weights_set_by_hand(None);
+                    }
+                    self.applied(result)
+                }
                 Err(_) => error(
                     StatusCode::BAD_REQUEST,
                     format!("\"{version}\" is not a version number"),

@@ -40,17 +40,33 @@ impl ConnState {
         Arc::new(s)
     }
 
-    pub fn request_started(&self, http2: bool) {
+    /// Counts a request as in flight until the returned guard is dropped:
+    /// when its response body has been sent, or when the request is
+    /// abandoned (an HTTP/2 reset drops the service future).
+    pub fn request_started(self: &Arc<Self>, http2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.head_started.store(0, Relaxed);
         if http2 {
             self.multiplexed.store(true, Relaxed);
         }
+        InFlight(self.clone())
     }
 
-    pub fn request_finished(&self) {
+    fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
         self.last_activity.store(now_ms(), Relaxed);
+    }
+
+    /// An HTTP/2 connection (by preface or ALPN): frames between requests
+    /// are not a request head being read.
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Relaxed);
+        self.head_started.store(0, Relaxed);
+    }
+
+    /// Forgets bytes read so far (a TLS handshake) as the start of a head.
+    pub fn reset_head(&self) {
+        self.head_started.store(0, Relaxed);
     }
 
     fn on_read(&self) {
@@ -68,27 +84,40 @@ impl ConnState {
         self.last_activity.store(now_ms(), Relaxed);
     }
 
-    /// The next moment something may expire, or the verdict if it has.
+    /// The next moment to look again, or the verdict if something expired.
+    /// A head may start at any read, unseen by the sleeping watchdog, so it
+    /// never sleeps longer than half the header read timeout: a stalled
+    /// head is cut within 1.5 times that timeout.
     fn check(&self, now: u64, header_read: Duration, idle: Duration) -> Result<Expired, u64> {
+        let look_again = now + (header_read.as_millis() as u64 / 2).max(1);
         let head = self.head_started.load(Relaxed);
         if head != 0 && self.in_flight.load(Relaxed) == 0 {
             let due = head + header_read.as_millis() as u64;
             return if now >= due {
                 Ok(Expired::HeaderRead)
             } else {
-                Err(due)
+                Err(due.min(look_again))
             };
         }
-        let idle_ms = idle.as_millis() as u64;
         if self.in_flight.load(Relaxed) > 0 {
-            return Err(now + idle_ms);
+            return Err(look_again);
         }
-        let due = self.last_activity.load(Relaxed) + idle_ms;
+        let due = self.last_activity.load(Relaxed) + idle.as_millis() as u64;
         if now >= due {
             Ok(Expired::Idle)
         } else {
-            Err(due)
+            Err(due.min(look_again))
         }
+    }
+}
+
+/// Marks one request in flight on its connection while alive.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 
@@ -121,13 +150,21 @@ pub async fn watchdog(state: &ConnState, header_read: Duration, idle: Duration) 
 pub struct MeteredIo<T> {
     inner: T,
     state: Arc<ConnState>,
+    first_read: bool,
 }
 
 impl<T> MeteredIo<T> {
     pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        MeteredIo { inner, state }
+        MeteredIo {
+            inner,
+            state,
+            first_read: true,
+        }
     }
 }
+
+/// How an HTTP/2 client with prior knowledge opens a connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
     fn poll_read(
@@ -138,7 +175,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.on_read();
+            if std::mem::take(&mut self.first_read)
+                && buf.filled()[before..].starts_with(H2_PREFACE)
+            {
+                self.state.set_multiplexed();
+            } else {
+                self.state.on_read();
+            }
         }
         poll
     }
@@ -191,22 +234,32 @@ mod tests {
 
     #[test]
     fn idle_expires_only_without_requests() {
-        let s = ConnState::default();
+        let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
-        assert_eq!(s.check(1500, HR, IDLE), Err(2000));
+        assert_eq!(
+            s.check(1500, HR, IDLE),
+            Err(1550),
+            "looks again within half the header timeout"
+        );
+        assert_eq!(s.check(1990, HR, IDLE), Err(2000));
         assert_eq!(s.check(2000, HR, IDLE), Ok(Expired::Idle));
-        s.request_started(false);
+        let guard = s.request_started(false);
         assert!(s.check(5000, HR, IDLE).is_err());
+        drop(guard);
+        assert!(
+            s.check(now_ms(), HR, IDLE).is_err(),
+            "finishing a request is activity"
+        );
     }
 
     #[test]
     fn a_started_head_must_finish_in_time() {
-        let s = ConnState::default();
+        let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
         s.head_started.store(1000, Relaxed);
         assert_eq!(s.check(1050, HR, IDLE), Err(1100));
         assert_eq!(s.check(1100, HR, IDLE), Ok(Expired::HeaderRead));
-        s.request_started(false);
+        let _guard = s.request_started(false);
         assert!(s.check(1100, HR, IDLE).is_err());
     }
 }

@@ -96,7 +96,15 @@ async fn connection(
         Some(acceptor) => {
             let timeout = table.load().config.limits.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => serve_connection(tls, state, peer, true, table, shutdown).await,
+                Ok(Ok(tls)) => {
+                    // The handshake's bytes were no request head.
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        state.set_multiplexed();
+                    } else {
+                        state.reset_head();
+                    }
+                    serve_connection(tls, state, peer, true, table, shutdown).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -136,7 +144,13 @@ async fn serve_connection<I>(
         hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req)),
     );
     tokio::pin!(conn);
-    let mut closing = false;
+    // Once a graceful close has begun, the client gets a bounded time to
+    // finish (an HTTP/2 peer that never answers GOAWAY, a head that never
+    // completes); draining on shutdown is bounded by drain_timeout as well.
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let grace = limits
+        .header_read_timeout
+        .max(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -145,21 +159,25 @@ async fn serve_connection<I>(
                 }
                 return;
             }
-            _ = shutdown.wait_for(|s| *s), if !closing => {
-                closing = true;
+            _ = shutdown.wait_for(|s| *s), if closing.is_none() => {
+                closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
                 conn.as_mut().graceful_shutdown();
             }
-            why = conn::watchdog(&state, limits.header_read_timeout, limits.idle_timeout), if !closing => {
+            why = conn::watchdog(&state, limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
                 match why {
                     Expired::HeaderRead => {
                         tracing::debug!(%peer, "client did not send its request headers in time");
                         return;
                     }
                     Expired::Idle => {
-                        closing = true;
+                        closing = Some(Box::pin(tokio::time::sleep(grace)));
                         conn.as_mut().graceful_shutdown();
                     }
                 }
+            }
+            _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
+                tracing::debug!(%peer, "connection did not close in time after a graceful close");
+                return;
             }
         }
     }

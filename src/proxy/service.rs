@@ -51,11 +51,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        this.conn.request_started(req.version() == Version::HTTP_2);
+        let in_flight = this.conn.request_started(req.version() == Version::HTTP_2);
         Box::pin(async move {
             let response = this.forward(req).await;
-            this.conn.request_finished();
-            Ok(response)
+            // In flight until the body has been sent (or the request is
+            // abandoned and this future dropped).
+            Ok(response.map(|body| body.with_in_flight(in_flight)))
         })
     }
 }
@@ -176,12 +177,14 @@ impl ProxyService {
             limits.max_body_bytes,
             started + limits.request_timeout,
         );
+        let progress = body.progress();
         let upstream_req = Request::from_parts(parts, body);
 
         let result = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
         let latency = started.elapsed();
         match result {
             Ok(Ok((response, lease))) => {
+                let lease = lease.map(|l| l.with_request_body(progress.clone()));
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let class = if grpc_failed(&parts.headers) {
@@ -197,6 +200,9 @@ impl ProxyService {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body is larger than limits.max_body_bytes",
                 ),
+                Failure::Downstream(BodyLimit::Incomplete) => {
+                    local_response(StatusCode::BAD_REQUEST, "the request body ended early")
+                }
                 Failure::Downstream(BodyLimit::Timeout) => local_response(
                     StatusCode::REQUEST_TIMEOUT,
                     "request was not received within limits.request_timeout",
@@ -215,6 +221,14 @@ impl ProxyService {
                     local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
                 }
             },
+            Err(_) if !progress.finished() => {
+                // Still uploading when the route timeout fired: the client
+                // was slow, not the backend.
+                local_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive within the route's timeout",
+                )
+            }
             Err(_) => {
                 backend.stats.record(Class::Error, latency);
                 local_response(

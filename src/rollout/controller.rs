@@ -82,6 +82,9 @@ struct Runtime {
     prometheus: HashMap<String, Option<f64>>,
     /// Canary counts at the stage start, for the incident report.
     stage_start: Snapshot,
+    /// Which stats object the snapshots came from: a new one (a wider
+    /// window, a new address) starts the evidence over.
+    stats_id: usize,
 }
 
 impl Runtime {
@@ -215,6 +218,7 @@ impl Rollouts {
             smoke: Vec::new(),
             incident: None,
             first_warning_ms: None,
+            weights_by_hand: false,
         });
         let c = Arc::new(Controller {
             route: route.to_string(),
@@ -242,8 +246,11 @@ impl Rollouts {
                 ),
                 serde_json::Value::Null,
             );
-            // Put the route back where the rollout had it.
-            if let Err(e) = self.publish_phase_weights(&c, &st) {
+            // Put the route back where the rollout had it, unless a person
+            // has set its weights since it finished.
+            if st.weights_by_hand {
+                // leave the configured weights
+            } else if let Err(e) = self.publish_phase_weights(&c, &st) {
                 tracing::error!(route, error = %e, "cannot restore the rollout's weights");
             }
         }
@@ -330,6 +337,20 @@ impl Rollouts {
             return;
         };
         let (canary, baseline) = (&route.backends[plan.canary], &route.backends[plan.baseline]);
+        // What the judgement will be about; if an action changes it while
+        // we measure, the judgement is dropped.
+        let judged_stage = {
+            let st = c.state.lock().unwrap();
+            (st.progress.stage, st.progress.phase)
+        };
+        {
+            let id = Arc::as_ptr(&canary.stats) as usize;
+            let mut rt = c.runtime.lock().unwrap();
+            if rt.stats_id != id {
+                rt.restart_evidence(canary.stats.lifetime.snapshot());
+                rt.stats_id = id;
+            }
+        }
 
         let smoke = if plan.smoke.is_empty() || !full {
             Vec::new()
@@ -395,7 +416,7 @@ impl Rollouts {
         };
 
         let mut st = c.state.lock().unwrap();
-        if !st.progress.phase.active() {
+        if !st.progress.phase.active() || (st.progress.stage, st.progress.phase) != judged_stage {
             return; // an action got there first
         }
         self.journal_changes(c, &st, &judged, &smoke);
@@ -656,6 +677,7 @@ impl Rollouts {
         st.stage_started_ms = now;
         st.first_warning_ms = None;
         st.held = None;
+        st.weights_by_hand = false;
         let table = self.control.current();
         if let Err(e) = self.publish_phase_weights(c, &st) {
             self.refused(c, &mut st, e);
@@ -739,7 +761,7 @@ impl Rollouts {
                 c.wake.notify_one();
                 return Ok(());
             }
-            Action::Pause if phase == Phase::Running || phase == Phase::Pending => {
+            Action::Pause if phase == Phase::Running => {
                 let mut st = c.state.lock().unwrap();
                 st.progress.phase = Phase::Paused;
                 st.held = Some("paused".into());
@@ -780,6 +802,8 @@ impl Rollouts {
                 } else {
                     st.progress.stage = next;
                     st.progress.bake_done_ms = 0;
+                    // The new stage's bake starts now, not at the last tick.
+                    c.runtime.lock().unwrap().last_tick = None;
                     st.progress.phase = Phase::Running;
                     st.stage_started_ms = now_ms();
                     c.runtime
@@ -826,6 +850,22 @@ impl Rollouts {
         }
         self.update_metrics(&c);
         Ok(())
+    }
+
+    /// Notes that a person set weights (of one route, or all on a restore)
+    /// while no rollout was driving them, so a restart leaves them alone.
+    pub fn weights_set_by_hand(&self, route: Option<&str>) {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, c) in routes.iter() {
+            if route.is_some_and(|r| r != name) {
+                continue;
+            }
+            let mut st = c.state.lock().unwrap();
+            if !st.progress.phase.active() {
+                st.weights_by_hand = true;
+                self.persist(&st);
+            }
+        }
     }
 
     /// The incident report of the route's latest rollback.

@@ -122,6 +122,10 @@ pub struct RolloutState {
     /// Unix ms of the first warning in the current stage, for the report.
     #[serde(default)]
     pub first_warning_ms: Option<i64>,
+    /// A person changed the route's weights after the rollout finished: a
+    /// restart must not put the rollout's weights back.
+    #[serde(default)]
+    pub weights_by_hand: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
