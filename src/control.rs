@@ -213,10 +213,33 @@ impl ControlPlane {
             || change.describe(),
             |w| format!("{}: {w}", change.describe()),
         );
+        // A change of one route's weights revalidates and recompiles that
+        // route alone; everything else is shared with the current table.
+        let scoped = match &change {
+            Change::Weights { route, .. }
+            | Change::Rollback { route }
+            | Change::Rollout { route, .. } => current
+                .config
+                .routes
+                .iter()
+                .position(|r| &*r.name == route.as_str()),
+            _ => None,
+        };
         let result = self
             .next_document(&w, &current, &change)
-            .and_then(|doc| config::validate(doc, &self.base_dir).map_err(Rejection::Invalid))
-            .and_then(|cfg| self.check_fixed(&current.config, cfg));
+            .and_then(|doc| match scoped {
+                Some(i) => {
+                    let route =
+                        config::revalidate_route(&doc.routes[i], i).map_err(Rejection::Invalid)?;
+                    let mut cfg = (*current.config).clone();
+                    cfg.routes[i] = Arc::new(route);
+                    cfg.document = Arc::new(doc);
+                    Ok(cfg)
+                }
+                None => config::validate(doc, &self.base_dir)
+                    .map_err(Rejection::Invalid)
+                    .and_then(|cfg| self.check_fixed(&current.config, cfg)),
+            });
         let cfg = match result {
             Ok(cfg) => cfg,
             Err(rejection) => {
@@ -263,7 +286,12 @@ impl ControlPlane {
         let version = w.next_version;
         w.next_version += 1;
         let document = cfg.document.clone();
-        let table = Arc::new(w.registry.compile(Arc::new(cfg), version));
+        let table = Arc::new(match scoped {
+            Some(i) => w
+                .registry
+                .recompile_route(&current, Arc::new(cfg), i, version),
+            None => w.registry.compile(Arc::new(cfg), version),
+        });
         self.table.store(table.clone());
         self.changes.send_replace(version);
         self.metrics.config_version().set(version as f64);
@@ -282,6 +310,7 @@ impl ControlPlane {
         let weights: BTreeMap<&str, BTreeMap<&str, u32>> = table
             .routes
             .iter()
+            .filter(|r| change.route().is_none_or(|name| &*r.name == name))
             .map(|r| {
                 (
                     &*r.name,

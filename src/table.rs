@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Config, HostMatch, StickyKey};
+use crate::config::{Config, HostMatch, RouteConfig, StickyKey};
 use crate::split::{self, Split};
 use crate::stats::prom::Metrics;
 use crate::stats::BackendStats;
@@ -23,8 +23,8 @@ use crate::upstream::{Pool, PoolKey};
 pub struct Table {
     pub version: u64,
     pub config: Arc<Config>,
-    pub routes: Box<[Route]>,
-    router: Router,
+    pub routes: Box<[Arc<Route>]>,
+    router: Arc<Router>,
 }
 
 #[derive(Debug)]
@@ -111,7 +111,7 @@ struct Router {
 }
 
 impl Router {
-    fn new(routes: &[Route]) -> Self {
+    fn new(routes: &[Arc<Route>]) -> Self {
         let mut r = Router::default();
         for (i, route) in routes.iter().enumerate() {
             match &route.host {
@@ -154,7 +154,7 @@ impl Table {
     }
 
     pub fn route_named(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
     }
 }
 
@@ -182,67 +182,10 @@ impl Registry {
     pub fn compile(&mut self, config: Arc<Config>, version: u64) -> Table {
         let mut pools = HashMap::new();
         let mut stats = HashMap::new();
-        let limits = config.limits;
-        let routes: Box<[Route]> = config
+        let routes: Box<[Arc<Route>]> = config
             .routes
             .iter()
-            .map(|r| {
-                // Windows answer for the status minute and the rollout's window.
-                let span = r.rollout.as_ref().map_or(Duration::from_secs(60), |p| {
-                    p.window.max(Duration::from_secs(60))
-                });
-                let backends = r
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let key = PoolKey {
-                            upstream: b.target.clone(),
-                            connect_timeout: limits.connect_timeout,
-                            idle_timeout: limits.idle_timeout,
-                        };
-                        let pool = self
-                            .pools
-                            .get(&key)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::new(Pool::new(&key)));
-                        pools.insert(key, pool.clone());
-                        let id = (
-                            r.name.clone(),
-                            b.name.clone(),
-                            b.target.authority.to_string(),
-                        );
-                        let s = self
-                            .stats
-                            .get(&id)
-                            .filter(|s| s.window.span() >= span)
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                BackendStats::new(&self.metrics, &r.name, &b.name, span)
-                            });
-                        stats.insert(id, s.clone());
-                        self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
-                        Backend {
-                            name: b.name.clone(),
-                            weight: b.weight,
-                            pool,
-                            stats: s,
-                        }
-                    })
-                    .collect::<Box<[Backend]>>();
-                let weights: Vec<u32> = r.backends.iter().map(|b| b.weight).collect();
-                Route {
-                    name: r.name.clone(),
-                    host: r.host.clone(),
-                    path_prefix: r.path_prefix.clone(),
-                    headers: r.headers.clone().into_boxed_slice(),
-                    backends,
-                    split: Split::new(&r.name, &weights),
-                    sticky: r.sticky.clone(),
-                    override_header: r.override_header.clone(),
-                    timeout: r.timeout,
-                    baseline: r.baseline,
-                }
-            })
+            .map(|r| Arc::new(self.compile_route(r, &config, &mut pools, &mut stats)))
             .collect();
         // Backends that left: zero their weight gauge so dashboards do not
         // show a stale share.
@@ -255,12 +198,98 @@ impl Registry {
         }
         self.pools = pools;
         self.stats = stats;
-        let router = Router::new(&routes);
+        let router = Arc::new(Router::new(&routes));
         Table {
             version,
             config,
             routes,
             router,
+        }
+    }
+
+    /// A table like `previous` in which only route `index` changed, and only
+    /// in its weights: every other route, and the router, are shared.
+    pub fn recompile_route(
+        &mut self,
+        previous: &Table,
+        config: Arc<Config>,
+        index: usize,
+        version: u64,
+    ) -> Table {
+        let (mut pools, mut stats) = (HashMap::new(), HashMap::new());
+        let route = self.compile_route(&config.routes[index], &config, &mut pools, &mut stats);
+        self.pools.extend(pools);
+        self.stats.extend(stats);
+        let mut routes: Vec<Arc<Route>> = previous.routes.to_vec();
+        routes[index] = Arc::new(route);
+        Table {
+            version,
+            config,
+            routes: routes.into_boxed_slice(),
+            router: previous.router.clone(),
+        }
+    }
+
+    fn compile_route(
+        &self,
+        r: &RouteConfig,
+        config: &Config,
+        pools: &mut HashMap<PoolKey, Arc<Pool>>,
+        stats: &mut HashMap<(Arc<str>, Arc<str>, String), Arc<BackendStats>>,
+    ) -> Route {
+        let limits = config.limits;
+        // Windows answer for the status minute and the rollout's window.
+        let span = r.rollout.as_ref().map_or(Duration::from_secs(60), |p| {
+            p.window.max(Duration::from_secs(60))
+        });
+        let backends = r
+            .backends
+            .iter()
+            .map(|b| {
+                let key = PoolKey {
+                    upstream: b.target.clone(),
+                    connect_timeout: limits.connect_timeout,
+                    idle_timeout: limits.idle_timeout,
+                };
+                let pool = self
+                    .pools
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pool::new(&key)));
+                pools.insert(key, pool.clone());
+                let id = (
+                    r.name.clone(),
+                    b.name.clone(),
+                    b.target.authority.to_string(),
+                );
+                let s = self
+                    .stats
+                    .get(&id)
+                    .filter(|s| s.window.span() >= span)
+                    .cloned()
+                    .unwrap_or_else(|| BackendStats::new(&self.metrics, &r.name, &b.name, span));
+                stats.insert(id, s.clone());
+                self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
+                Backend {
+                    name: b.name.clone(),
+                    weight: b.weight,
+                    pool,
+                    stats: s,
+                }
+            })
+            .collect::<Box<[Backend]>>();
+        let weights: Vec<u32> = r.backends.iter().map(|b| b.weight).collect();
+        Route {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            headers: r.headers.clone().into_boxed_slice(),
+            backends,
+            split: Split::new(&r.name, &weights),
+            sticky: r.sticky.clone(),
+            override_header: r.override_header.clone(),
+            timeout: r.timeout,
+            baseline: r.baseline,
         }
     }
 }

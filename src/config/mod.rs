@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-pub use validate::validate;
+pub use validate::{revalidate_route, validate};
 
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -145,7 +145,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
     pub forwarded: Forwarded,
-    pub routes: Vec<RouteConfig>,
+    /// Shared, so that a change to one route leaves the others' compiled
+    /// forms alone.
+    pub routes: Vec<Arc<RouteConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +268,7 @@ pub enum Protocol {
 impl Config {
     /// Route by name.
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
     }
 }
 

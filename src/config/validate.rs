@@ -110,7 +110,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
             ));
         }
         if let Some(route) = route(r, &path, &mut p) {
-            routes.push(route);
+            routes.push(Arc::new(route));
         }
     }
     if !p.is_empty() {
@@ -125,6 +125,16 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         forwarded,
         routes,
     })
+}
+
+/// Validates one route of a document again, after a change that touched
+/// only it (weights): the rest of the document is as valid as it was.
+pub fn revalidate_route(r: &raw::Route, index: usize) -> Result<RouteConfig, Problems> {
+    let mut p = Vec::new();
+    match route(r, &format!("routes[{index}]"), &mut p) {
+        Some(route) if p.is_empty() => Ok(route),
+        _ => Err(Problems(p)),
+    }
 }
 
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {
