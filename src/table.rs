@@ -158,6 +158,9 @@ impl Table {
     }
 }
 
+/// Route, backend and address: what a live window belongs to.
+type StatsKey = (Arc<str>, Arc<str>, String);
+
 /// Pools and live windows that outlive a table version.
 #[derive(Debug)]
 pub struct Registry {
@@ -165,7 +168,7 @@ pub struct Registry {
     pools: HashMap<PoolKey, Arc<Pool>>,
     /// Keyed by route, backend and address: a backend that moves to a new
     /// address (a new deploy) starts with a fresh window.
-    stats: HashMap<(Arc<str>, Arc<str>, String), Arc<BackendStats>>,
+    stats: HashMap<StatsKey, Arc<BackendStats>>,
 }
 
 impl Registry {
@@ -235,7 +238,7 @@ impl Registry {
         r: &RouteConfig,
         config: &Config,
         pools: &mut HashMap<PoolKey, Arc<Pool>>,
-        stats: &mut HashMap<(Arc<str>, Arc<str>, String), Arc<BackendStats>>,
+        stats: &mut HashMap<StatsKey, Arc<BackendStats>>,
     ) -> Route {
         let limits = config.limits;
         // Windows answer for the status minute and the rollout's window.
