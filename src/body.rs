@@ -217,13 +217,6 @@ impl ResponseBody {
             in_flight: None,
         }
     }
-
-    pub fn empty() -> Self {
-        ResponseBody::Local {
-            data: None,
-            in_flight: None,
-        }
-    }
 }
 
 impl Body for ResponseBody {

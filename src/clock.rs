@@ -41,11 +41,6 @@ pub fn now_sec() -> u64 {
     coarse_ms() / 1000
 }
 
-/// The second an instant falls in, on the same clock.
-pub fn sec_of(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_secs()
-}
-
 /// Starts the refreshing thread once per process (first use starts it).
 pub fn start() {
     static STARTED: OnceLock<()> = OnceLock::new();

@@ -83,8 +83,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     // One accepting socket per listener per worker, all on the same address.
-    let mut sockets: Vec<Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>> =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<crate::proxy::Sockets> = (0..workers).map(|_| Vec::new()).collect();
     let mut proxy_addrs = Vec::new();
     for spec in &listener_specs {
         let tls = match &spec.tls {
@@ -125,19 +124,16 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let (stopped, stopped_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut sockets = sockets.into_iter();
-    for (l, tls) in sockets.next().unwrap_or_default() {
-        let l = tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Bind {
-            addr: proxy_addrs[0],
-            source,
-        })?;
-        tasks.push(tokio::spawn(crate::proxy::serve(
-            l,
-            tls,
-            control.table_handle(),
-            connections.clone(),
-            shutdown_rx.clone(),
-        )));
-    }
+    let table = control.table_handle();
+    let first = sockets.next().unwrap_or_default();
+    tasks.extend(
+        crate::proxy::spawn_listeners(first, &table, &connections, &shutdown_rx).map_err(
+            |source| StartError::Bind {
+                addr: proxy_addrs[0],
+                source,
+            },
+        )?,
+    );
     for (i, worker) in sockets.enumerate() {
         let (table, connections, shutdown_rx) = (
             control.table_handle(),
@@ -156,19 +152,10 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
                     Err(e) => return tracing::error!(error = %e, "cannot start a worker runtime"),
                 };
                 rt.block_on(async move {
-                    for (l, tls) in worker {
-                        match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => {
-                                tokio::spawn(crate::proxy::serve(
-                                    l,
-                                    tls,
-                                    table.clone(),
-                                    connections.clone(),
-                                    shutdown_rx.clone(),
-                                ));
-                            }
-                            Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
-                        }
+                    if let Err(e) =
+                        crate::proxy::spawn_listeners(worker, &table, &connections, &shutdown_rx)
+                    {
+                        tracing::error!(error = %e, "a worker cannot listen");
                     }
                     // Connections live on this runtime until sluice has drained.
                     let _ = stopped_rx.wait_for(|s| *s).await;

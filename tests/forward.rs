@@ -126,9 +126,7 @@ async fn broken_backends_give_502_and_slow_ones_504() {
         "the route timeout must fire"
     );
     // Every one of them counts as an error of its backend, never as 4xx.
-    let m = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[])
-        .await
-        .1;
+    let m = admin_text(&p, "/metrics").await;
     for route in ["refused", "reset", "garbage", "slow"] {
         assert_eq!(
             metric(

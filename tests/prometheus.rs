@@ -100,18 +100,14 @@ async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
     );
 
     // First the gate reads a real value from Prometheus and passes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = rollout_status(&p, "api").await;
-        if r["gates"][0]["verdict"] == "pass" && r["gates"][0]["value"] == 0.0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gate never read Prometheus: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rollout(
+        &p,
+        "api",
+        Duration::from_secs(30),
+        "the gate to read Prometheus",
+        |r| r["gates"][0]["verdict"] == "pass" && r["gates"][0]["value"] == 0.0,
+    )
+    .await;
     assert!(canary.state.seen() > 0);
     // Then the canary fails; Prometheus scrapes the failures; the gate trips.
     canary.state.status.store(500, Relaxed);

@@ -44,9 +44,7 @@ async fn a_healthy_canary_is_promoted_through_every_stage() {
         assert!(kinds.contains(&k), "{kinds:?}");
     }
     assert_eq!(kinds.iter().filter(|k| **k == "stage_advanced").count(), 2);
-    let m = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[])
-        .await
-        .1;
+    let m = admin_text(&p, "/metrics").await;
     assert_eq!(
         metric(
             &m,
@@ -96,9 +94,7 @@ async fn a_failing_canary_is_rolled_back_and_everything_agrees() {
         "{r:#}"
     );
 
-    let m = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[])
-        .await
-        .1;
+    let m = admin_text(&p, "/metrics").await;
     assert_eq!(
         metric(
             &m,
@@ -176,9 +172,7 @@ async fn a_failing_smoke_check_rolls_back_even_when_traffic_looks_fine() {
         canary.state.seen() >= 1,
         "the smoke check reached the canary directly"
     );
-    let m = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[])
-        .await
-        .1;
+    let m = admin_text(&p, "/metrics").await;
     assert_eq!(
         metric(&m, "sluice_rollbacks_total", &[("reason", "smoke")]),
         1.0
@@ -260,19 +254,15 @@ async fn a_closed_window_holds_the_advance_but_not_a_rollback() {
         4,
         Duration::from_secs(60),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = rollout_status(&p, "api").await;
-        if r["held"].as_str().is_some_and(|h| h.contains("window")) {
-            assert_eq!(r["stage"], 1);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never held for the window: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let r = wait_rollout(
+        &p,
+        "api",
+        Duration::from_secs(10),
+        "a hold for the window",
+        |r| r["held"].as_str().is_some_and(|h| h.contains("window")),
+    )
+    .await;
+    assert_eq!(r["stage"], 1);
     canary.state.status.store(503, Relaxed);
     let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(20)).await;
     load.stop().await;
@@ -352,14 +342,10 @@ async fn a_restart_resumes_the_rollout_where_it_was() {
         4,
         Duration::from_secs(30),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while rollout_status(&p, "api").await["stage"] != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reached stage 2"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_rollout(&p, "api", Duration::from_secs(15), "stage 2", |r| {
+        r["stage"] == 2
+    })
+    .await;
     load.stop().await;
     p.shutdown().await;
 
@@ -431,19 +417,10 @@ async fn reloads_keep_the_rollout_and_a_new_canary_starts_over() {
     assert_eq!(status["routes"][0]["rollout"]["stage"], 2);
     // A new canary address: a new deploy, a new rollout from stage 1.
     std::fs::write(&file, rollout_yaml(&stable, &canary2, &plan, "")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = admin_json(&p, "/status").await;
-        if s["routes"][0]["rollout"]["stage"] == 1 && s["routes"][0]["backends"][1]["weight"] == 10
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no new rollout: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_status(&p, Duration::from_secs(5), "a new rollout", |s| {
+        s["routes"][0]["rollout"]["stage"] == 1 && s["routes"][0]["backends"][1]["weight"] == 10
+    })
+    .await;
     let events = admin_json(&p, "/events?route=api").await;
     assert!(events
         .as_array()

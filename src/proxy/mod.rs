@@ -183,6 +183,31 @@ async fn serve_connection<I>(
     }
 }
 
+/// One worker's accepting sockets, as [`bind`] made them.
+pub type Sockets = Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>;
+
+/// Serves each socket on the current runtime (a worker's).
+pub fn spawn_listeners(
+    sockets: Sockets,
+    table: &Arc<ArcSwap<Table>>,
+    connections: &Arc<Semaphore>,
+    shutdown: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    sockets
+        .into_iter()
+        .map(|(l, tls)| {
+            let l = TcpListener::from_std(l)?;
+            Ok(tokio::spawn(serve(
+                l,
+                tls,
+                table.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            )))
+        })
+        .collect()
+}
+
 /// Binds a listener the way a proxy wants it: address reuse, so a restart
 /// does not wait for TIME_WAIT, port reuse, so each worker thread can accept
 /// on its own socket for the same address (the kernel spreads connections

@@ -261,6 +261,28 @@ impl Rollouts {
         c
     }
 
+    /// Gives the canary `share` percent of its route and the baseline the
+    /// rest, through the control plane's single writer.
+    fn set_canary_share(
+        &self,
+        c: &Controller,
+        route: &crate::table::Route,
+        plan: &Plan,
+        share: u32,
+        actor: &str,
+        why: Option<&str>,
+    ) -> Result<Arc<Table>, Rejection> {
+        self.control.apply(
+            Change::Rollout {
+                route: c.route.clone(),
+                fingerprint: c.fingerprint.clone(),
+                weights: stage_weights(route, plan, share),
+            },
+            actor,
+            why,
+        )
+    }
+
     /// The weights a rollout in `st` wants on its route.
     fn publish_phase_weights(&self, c: &Controller, st: &RolloutState) -> Result<(), Rejection> {
         let table = self.control.current();
@@ -276,17 +298,7 @@ impl Rollouts {
             Phase::Promoted => 100,
             Phase::RolledBack | Phase::Aborted => 0,
         };
-        let weights = stage_weights(route, &plan, share);
-        self.control
-            .apply(
-                Change::Rollout {
-                    route: c.route.clone(),
-                    fingerprint: c.fingerprint.clone(),
-                    weights,
-                },
-                "controller",
-                None,
-            )
+        self.set_canary_share(c, route, &plan, share, "controller", None)
             .map(|_| ())
     }
 
@@ -436,15 +448,8 @@ impl Rollouts {
                 st.stage_started_ms = now;
                 st.first_warning_ms = None;
                 let share = plan.stages[stage].weight;
-                match self.control.apply(
-                    Change::Rollout {
-                        route: c.route.clone(),
-                        fingerprint: c.fingerprint.clone(),
-                        weights: stage_weights(route, plan, share),
-                    },
-                    "controller",
-                    Some(&format!("stage {} of {}", stage + 1, plan.stages.len())),
-                ) {
+                let why = format!("stage {} of {}", stage + 1, plan.stages.len());
+                match self.set_canary_share(c, route, plan, share, "controller", Some(&why)) {
                     Ok(_) => {
                         c.runtime
                             .lock()
@@ -464,15 +469,7 @@ impl Rollouts {
             }
             Decision::Promote => {
                 st.held = None;
-                match self.control.apply(
-                    Change::Rollout {
-                        route: c.route.clone(),
-                        fingerprint: c.fingerprint.clone(),
-                        weights: stage_weights(route, plan, 100),
-                    },
-                    "controller",
-                    Some("promoted"),
-                ) {
+                match self.set_canary_share(c, route, plan, 100, "controller", Some("promoted")) {
                     Ok(_) => {
                         self.control.journal.record(
                             Some(&c.route),
@@ -532,15 +529,7 @@ impl Rollouts {
         };
         let decided_ms = now_ms();
         let t = Instant::now();
-        let result = self.control.apply(
-            Change::Rollout {
-                route: c.route.clone(),
-                fingerprint: c.fingerprint.clone(),
-                weights: stage_weights(route, plan, 0),
-            },
-            "controller",
-            Some(reason),
-        );
+        let result = self.set_canary_share(c, route, plan, 0, "controller", Some(reason));
         let swap_us = t.elapsed().as_micros() as u64;
         let completed_ms = now_ms();
         let version = match result {
@@ -786,16 +775,7 @@ impl Rollouts {
                 let route_t = table
                     .route_named(route)
                     .ok_or_else(|| ActionError::NoRollout(route.to_string()))?;
-                self.control
-                    .apply(
-                        Change::Rollout {
-                            route: route.to_string(),
-                            fingerprint: c.fingerprint.clone(),
-                            weights: stage_weights(route_t, &plan, share),
-                        },
-                        actor,
-                        Some("promoted by hand"),
-                    )
+                self.set_canary_share(&c, route_t, &plan, share, actor, Some("promoted by hand"))
                     .map_err(ActionError::Rejected)?;
                 if next >= plan.stages.len() {
                     st.progress.phase = Phase::Promoted;

@@ -13,7 +13,7 @@ use metrics::{Counter, Histogram};
 
 pub use window::{Class, Lifetime, Snapshot, Window};
 
-pub use crate::clock::{now_sec, sec_of};
+pub use crate::clock::now_sec;
 
 /// Everything one request outcome is recorded into, for one (route, backend).
 /// Shared by every table version in which that route keeps that backend, so

@@ -405,25 +405,67 @@ pub async fn rollout_status(p: &sluice::server::Running, route: &str) -> serde_j
         .clone()
 }
 
-/// Waits until the route's rollout is in `state` (polling `/status`).
+/// Polls `/status` every 25 ms until `ready` holds; panics with `what` and
+/// the last status after `within`.
+pub async fn wait_status(
+    p: &sluice::server::Running,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let s = admin_json(p, "/status").await;
+        if ready(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; now: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Like [`wait_status`], on the `rollout` object of one route.
+pub async fn wait_rollout(
+    p: &sluice::server::Running,
+    route: &str,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let of_route = |s: &serde_json::Value| {
+        s["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == route)
+            .unwrap()["rollout"]
+            .clone()
+    };
+    let s = wait_status(p, within, what, |s| ready(&of_route(s))).await;
+    of_route(&s)
+}
+
+/// Waits until the route's rollout is in `state`.
 pub async fn wait_state(
     p: &sluice::server::Running,
     route: &str,
     state: &str,
     within: Duration,
 ) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let r = rollout_status(p, route).await;
-        if r["state"] == state {
-            return r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rollout never reached {state}; now: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_rollout(p, route, within, &format!("rollout state {state}"), |r| {
+        r["state"] == state
+    })
+    .await
+}
+
+/// GET a text document (`/metrics`, a report) from the admin API.
+pub async fn admin_text(p: &sluice::server::Running, path: &str) -> String {
+    let (s, body) = get(&client(), &format!("http://{}{path}", p.admin_addr), &[]).await;
+    assert_eq!(s, 200, "{path}: {body}");
+    body
 }
 
 /// A route over stable and canary with a rollout plan; `plan` is indented
