@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use crate::proxy::conn::InFlight;
+use crate::proxy::conn::{BodyOpen, InFlight};
 use crate::stats::{BackendStats, Class};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,11 +47,18 @@ pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         // Set once the whole body has been read; `None` when there was no body.
         done: Option<Arc<AtomicBool>>,
+        // The connection's count of unread bodies, settled at the end.
+        open: Option<BodyOpen>,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, max: Option<u64>, deadline: Instant) -> Self {
+    pub fn new(
+        inner: Incoming,
+        max: Option<u64>,
+        deadline: Instant,
+        open: Option<BodyOpen>,
+    ) -> Self {
         let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         RequestBody {
             inner,
@@ -60,6 +67,7 @@ impl RequestBody {
             deadline,
             sleep: None,
             done,
+            open,
         }
     }
 
@@ -88,14 +96,19 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.received += data.len() as u64;
                     if this.max.is_some_and(|max| *this.received > max) {
                         return Poll::Ready(Some(Err(BodyLimit::TooLarge.into())));
                     }
+                }
+                // A client reading by length stops at the last frame
+                // without asking for the end.
+                if this.inner.is_end_stream() {
+                    ended(this.done, this.open);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -104,9 +117,7 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(BodyLimit::Incomplete.into())))
             }
             Poll::Ready(None) => {
-                if let Some(d) = this.done {
-                    d.store(true, Ordering::Release);
-                }
+                ended(this.done, this.open);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -126,6 +137,15 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+fn ended(done: &Option<Arc<AtomicBool>>, open: &mut Option<BodyOpen>) {
+    if let Some(d) = done {
+        d.store(true, Ordering::Release);
+    }
+    if let Some(mut o) = open.take() {
+        o.finish();
     }
 }
 

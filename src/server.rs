@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
@@ -56,8 +56,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     /// Tells worker threads to end once draining is over.
     stopped: watch::Sender<bool>,
-    connections: Arc<Semaphore>,
-    max_connections: usize,
+    connections: Arc<crate::proxy::Connections>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -120,7 +119,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         "startup",
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(max_connections));
+    let connections = crate::proxy::Connections::new(max_connections);
     let (stopped, stopped_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut sockets = sockets.into_iter();
@@ -174,6 +173,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     );
     tasks.push(tokio::spawn(rollouts.clone().run()));
     let admin = Arc::new(Admin {
+        connections: connections.clone(),
         control: control.clone(),
         rollouts: rollouts.clone(),
         token: admin_cfg.token.clone(),
@@ -206,7 +206,6 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         shutdown,
         stopped,
         connections,
-        max_connections,
         tasks,
     })
 }
@@ -236,12 +235,9 @@ impl Running {
         let drain = self.control.current().config.limits.drain_timeout;
         let _ = self.shutdown.send(true);
         tracing::info!(?drain, "draining");
-        let all = tokio::time::timeout(
-            drain,
-            self.connections.acquire_many(self.max_connections as u32),
-        )
-        .await
-        .is_ok();
+        let all = tokio::time::timeout(drain, self.connections.closed())
+            .await
+            .is_ok();
         if !all {
             tracing::warn!("drain timeout reached with connections still open");
         }

@@ -17,6 +17,11 @@ fn one(name: &str, url: String) -> String {
     )
 }
 
+/// One backend behind a proxy with the given `limits:` block.
+fn limited(b: &Backend, limits: &str) -> String {
+    one(b.name, b.url()).replace("routes:", &format!("limits: {limits}\nroutes:"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_cleaned_and_forwarded_for_is_set() {
     let b = Backend::start("b").await;
@@ -228,6 +233,16 @@ async fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// A keep-alive connection that has been answered once.
+async fn after_one_request(p: &sluice::server::Running) -> TcpStream {
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    s
+}
+
 /// Sends raw bytes and returns whatever comes back before the server closes
 /// or 3 s pass.
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
@@ -241,10 +256,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_fire() {
     let b = Backend::start("b").await;
-    let yaml = one("b", b.url()).replace(
-        "routes:",
-        "limits: { max_header_bytes: 8192, max_body_bytes: 1000, header_read_timeout: 300ms, idle_timeout: 400ms }\nroutes:",
-    );
+    let yaml = limited(&b, "{ max_header_bytes: 8192, max_body_bytes: 1000, header_read_timeout: 300ms, idle_timeout: 400ms }");
     let p = start_proxy(&yaml).await;
     let addr = p.proxy_addr();
     let c = client();
@@ -331,7 +343,7 @@ async fn unmatched_requests_get_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_new_clients_until_one_leaves() {
     let b = Backend::start("b").await;
-    let yaml = one("b", b.url()).replace("routes:", "limits: { max_connections: 2 }\nroutes:");
+    let yaml = limited(&b, "{ max_connections: 2 }");
     let p = start_proxy(&yaml).await;
     let addr = p.proxy_addr();
     let first = TcpStream::connect(addr).await.unwrap();
@@ -402,16 +414,9 @@ async fn a_backend_that_does_not_accept_in_time_gives_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_second_request_on_a_keep_alive_connection_is_cut_off() {
     let b = Backend::start("b").await;
-    let yaml = one("b", b.url()).replace(
-        "routes:",
-        "limits: { header_read_timeout: 300ms, idle_timeout: 10s }\nroutes:",
-    );
+    let yaml = limited(&b, "{ header_read_timeout: 300ms, idle_timeout: 10s }");
     let p = start_proxy(&yaml).await;
-    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = after_one_request(&p).await;
     // The next request starts and stalls: cut off long before the idle timeout.
     s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").await.unwrap();
     let started = Instant::now();
@@ -420,5 +425,111 @@ async fn a_stalled_second_request_on_a_keep_alive_connection_is_cut_off() {
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1_500), "closed after {took:?}");
+    p.shutdown().await;
+}
+
+/// `connections.parked` from `/status`.
+async fn parked(p: &sluice::server::Running) -> u64 {
+    admin_json(p, "/status").await["connections"]["parked"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn wait_parked(p: &sluice::server::Running, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while parked(p).await != want {
+        assert!(Instant::now() < deadline, "never {want} parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_wake_on_their_next_request() {
+    let b = Backend::start("b").await;
+    let yaml = limited(&b, "{ idle_timeout: 2s }");
+    let p = start_proxy(&yaml).await;
+    let mut s = after_one_request(&p).await;
+    wait_parked(&p, 1).await;
+    let metrics = admin_text(&p, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "sluice_connections", &[("state", "parked")]),
+        1.0
+    );
+    assert!(metric(&metrics, "sluice_connections", &[("state", "open")]) >= 1.0);
+
+    // A head split across writes wakes the parked connection.
+    s.write_all(b"GET / HTTP/1.1\r\nho").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"st: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_parked(&p, 1).await;
+
+    // Two pipelined requests in one write, then a body: all answered in order.
+    s.write_all(b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 8192];
+    while got.matches("HTTP/1.1 200").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    wait_parked(&p, 1).await;
+    s.write_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(b.state.seen(), 5);
+
+    // Parked or not, the idle timeout closes it.
+    wait_parked(&p, 1).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    wait_parked(&p, 0).await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_left_unread_is_never_read_as_the_next_request() {
+    let b = Backend::start("b").await;
+    let yaml = limited(&b, "{ max_body_bytes: 10 }");
+    let p = start_proxy(&yaml).await;
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    // Refused before its body is read; the body looks like a request.
+    let inner = "GET /smuggled HTTP/1.1\r\nhost: a\r\nx-mark-smuggled: 1\r\n\r\n";
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{inner}",
+            inner.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 413"));
+    // Past the park delay: the connection either closed or still serves
+    // proper requests; the body never reached the backend as a request.
+    tokio::time::sleep(sluice::proxy::http1::PARK_AFTER * 2).await;
+    if s.write_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .is_ok()
+    {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.is_empty() || out.matches("HTTP/1.1").count() == 1,
+            "{out}"
+        );
+    }
+    assert_eq!(
+        b.state.marked("x-mark-smuggled"),
+        0,
+        "the body was served as a request"
+    );
     p.shutdown().await;
 }

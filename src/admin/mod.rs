@@ -30,6 +30,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// What the admin handlers share.
 pub struct Admin {
+    pub connections: Arc<crate::proxy::Connections>,
     pub control: Arc<ControlPlane>,
     pub rollouts: Arc<crate::rollout::controller::Rollouts>,
     pub token: Option<Arc<str>>,
@@ -169,11 +170,16 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
                 }
             }
-            (&Method::GET, ["metrics"]) => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                control.metrics.render(),
-            ),
+            (&Method::GET, ["metrics"]) => {
+                control
+                    .metrics
+                    .connections(self.connections.open(), self.connections.parked());
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    control.metrics.render(),
+                )
+            }
             (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status(&control.current())),
             (&Method::GET, ["config"]) => {
                 let doc = control.current().config.document.clone();
@@ -342,6 +348,10 @@ impl Admin {
 
     fn status(&self, table: &crate::table::Table) -> status::Status {
         let mut s = status::status(table);
+        s.connections = status::ConnectionsStatus {
+            open: self.connections.open(),
+            parked: self.connections.parked(),
+        };
         for r in &mut s.routes {
             r.rollout = self.rollouts.view(&r.name);
         }

@@ -16,7 +16,17 @@ pub struct Status {
     pub version: String,
     pub config_version: u64,
     pub window_seconds: u64,
+    #[serde(default)]
+    pub connections: ConnectionsStatus,
     pub routes: Vec<RouteStatus>,
+}
+
+/// Client connections on every listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectionsStatus {
+    pub open: usize,
+    /// Idle HTTP/1.1 connections that hold only their socket.
+    pub parked: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +103,7 @@ pub fn status(table: &Table) -> Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_version: table.version,
         window_seconds: STATUS_SPAN.as_secs(),
+        connections: ConnectionsStatus::default(),
         routes,
     }
 }

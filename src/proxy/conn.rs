@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
@@ -29,6 +30,9 @@ pub struct ConnState {
     /// in flight; 0 when not reading a head.
     head_started: AtomicU64,
     in_flight: AtomicU32,
+    /// HTTP/1.1 request bodies not yet read to their end. While one is, the
+    /// connection's bytes belong to that body: it must not be parked.
+    open_bodies: AtomicU32,
     /// HTTP/2 multiplexes: frames between requests are not a head being read.
     multiplexed: AtomicBool,
 }
@@ -52,6 +56,14 @@ impl ConnState {
         InFlight(self.clone())
     }
 
+    /// Counts an HTTP/1.1 request body as open until [`BodyOpen::finish`]
+    /// (never, if the body is dropped unread: that connection is not
+    /// parked, hyper closes it).
+    pub fn body_started(self: &Arc<Self>) -> BodyOpen {
+        self.open_bodies.fetch_add(1, Relaxed);
+        BodyOpen(Some(self.clone()))
+    }
+
     fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
         self.last_activity.store(now_ms(), Relaxed);
@@ -62,6 +74,10 @@ impl ConnState {
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Relaxed);
         self.head_started.store(0, Relaxed);
+    }
+
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity.load(Relaxed)
     }
 
     /// Forgets bytes read so far (a TLS handshake) as the start of a head.
@@ -88,8 +104,16 @@ impl ConnState {
     /// A head may start at any read, unseen by the sleeping watchdog, so it
     /// never sleeps longer than half the header read timeout: a stalled
     /// head is cut within 1.5 times that timeout.
-    fn check(&self, now: u64, header_read: Duration, idle: Duration) -> Result<Expired, u64> {
-        let look_again = now + (header_read.as_millis() as u64 / 2).max(1);
+    fn check(&self, now: u64, limits: &Timeouts) -> Result<Expired, u64> {
+        let Timeouts {
+            header_read,
+            idle,
+            park,
+        } = *limits;
+        // A parking connection also looks every `park`: the request in
+        // flight now may end long before the next header-read check.
+        let every = (header_read / 2).min(park.unwrap_or(Duration::MAX));
+        let look_again = now + (every.as_millis() as u64).max(1);
         let head = self.head_started.load(Relaxed);
         if head != 0 && self.in_flight.load(Relaxed) == 0 {
             let due = head + header_read.as_millis() as u64;
@@ -102,11 +126,44 @@ impl ConnState {
         if self.in_flight.load(Relaxed) > 0 {
             return Err(look_again);
         }
-        let due = self.last_activity.load(Relaxed) + idle.as_millis() as u64;
+        let last = self.last_activity.load(Relaxed);
+        let due = last + idle.as_millis() as u64;
         if now >= due {
-            Ok(Expired::Idle)
-        } else {
-            Err(due.min(look_again))
+            return Ok(Expired::Idle);
+        }
+        let mut next = due.min(look_again);
+        if let Some(park) = park {
+            if self.open_bodies.load(Relaxed) == 0 {
+                let park_due = last + park.as_millis() as u64;
+                if now >= park_due {
+                    return Ok(Expired::Park);
+                }
+                next = next.min(park_due);
+            }
+        }
+        Err(next)
+    }
+}
+
+/// The timeouts the watchdog enforces on one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    /// After this long with nothing in flight, an HTTP/1.1 connection is
+    /// parked: its HTTP state and buffers are dropped, only the socket kept.
+    pub park: Option<Duration>,
+}
+
+/// An HTTP/1.1 request body still being read.
+#[derive(Debug)]
+pub struct BodyOpen(Option<Arc<ConnState>>);
+
+impl BodyOpen {
+    /// The body has been read to its end.
+    pub fn finish(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.open_bodies.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -129,15 +186,18 @@ pub enum Expired {
     HeaderRead,
     /// Nothing happened for the idle timeout: close gracefully.
     Idle,
+    /// Nothing in flight for a while: shed the HTTP/1.1 state, keep the
+    /// socket.
+    Park,
 }
 
 /// Resolves when the connection has expired. Sleeps until the earliest
 /// possible deadline and checks again, so a busy connection costs one timer
 /// wake-up per idle period, not one per request.
-pub async fn watchdog(state: &ConnState, header_read: Duration, idle: Duration) -> Expired {
+pub async fn watchdog(state: &ConnState, limits: Timeouts) -> Expired {
     loop {
         let now = now_ms();
-        match state.check(now, header_read, idle) {
+        match state.check(now, &limits) {
             Ok(why) => return why,
             Err(due) => {
                 tokio::time::sleep(Duration::from_millis(due.saturating_sub(now).max(1))).await
@@ -146,11 +206,13 @@ pub async fn watchdog(state: &ConnState, header_read: Duration, idle: Duration) 
     }
 }
 
-/// A transport that tells its [`ConnState`] when bytes move.
+/// A transport that tells its [`ConnState`] when bytes move, and first
+/// yields any bytes read ahead by a previous HTTP connection on the socket.
 pub struct MeteredIo<T> {
     inner: T,
     state: Arc<ConnState>,
     first_read: bool,
+    ahead: Bytes,
 }
 
 impl<T> MeteredIo<T> {
@@ -159,7 +221,22 @@ impl<T> MeteredIo<T> {
             inner,
             state,
             first_read: true,
+            ahead: Bytes::new(),
         }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Bytes to hand out before reading the socket again.
+    pub fn rewind(&mut self, ahead: Bytes) {
+        self.ahead = ahead;
+    }
+
+    /// Whether rewound bytes are still unread.
+    pub fn has_ahead(&self) -> bool {
+        !self.ahead.is_empty()
     }
 }
 
@@ -172,6 +249,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead[..n]);
+            self.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -229,25 +312,32 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
 mod tests {
     use super::*;
 
-    const HR: Duration = Duration::from_millis(100);
-    const IDLE: Duration = Duration::from_millis(1000);
+    const T: Timeouts = Timeouts {
+        header_read: Duration::from_millis(100),
+        idle: Duration::from_millis(1000),
+        park: None,
+    };
+    const PARKING: Timeouts = Timeouts {
+        park: Some(Duration::from_millis(250)),
+        ..T
+    };
 
     #[test]
     fn idle_expires_only_without_requests() {
         let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
         assert_eq!(
-            s.check(1500, HR, IDLE),
+            s.check(1500, &T),
             Err(1550),
             "looks again within half the header timeout"
         );
-        assert_eq!(s.check(1990, HR, IDLE), Err(2000));
-        assert_eq!(s.check(2000, HR, IDLE), Ok(Expired::Idle));
+        assert_eq!(s.check(1990, &T), Err(2000));
+        assert_eq!(s.check(2000, &T), Ok(Expired::Idle));
         let guard = s.request_started(false);
-        assert!(s.check(5000, HR, IDLE).is_err());
+        assert!(s.check(5000, &T).is_err());
         drop(guard);
         assert!(
-            s.check(now_ms(), HR, IDLE).is_err(),
+            s.check(now_ms(), &T).is_err(),
             "finishing a request is activity"
         );
     }
@@ -257,9 +347,41 @@ mod tests {
         let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
         s.head_started.store(1000, Relaxed);
-        assert_eq!(s.check(1050, HR, IDLE), Err(1100));
-        assert_eq!(s.check(1100, HR, IDLE), Ok(Expired::HeaderRead));
+        assert_eq!(s.check(1050, &T), Err(1100));
+        assert_eq!(s.check(1100, &T), Ok(Expired::HeaderRead));
         let _guard = s.request_started(false);
-        assert!(s.check(1100, HR, IDLE).is_err());
+        assert!(s.check(1100, &T).is_err());
+    }
+
+    #[test]
+    fn parks_when_nothing_is_in_flight_or_unread() {
+        let s = Arc::new(ConnState::default());
+        s.last_activity.store(1000, Relaxed);
+        assert_eq!(s.check(1100, &PARKING), Err(1150));
+        assert_eq!(s.check(1250, &PARKING), Ok(Expired::Park));
+        assert_eq!(s.check(1250, &T), Err(1300), "parking is off");
+        let guard = s.request_started(false);
+        assert!(s.check(1250, &PARKING).is_err(), "a request in flight");
+        drop(guard);
+        s.last_activity.store(1000, Relaxed);
+        let mut body = s.body_started();
+        assert_eq!(
+            s.check(1250, &PARKING),
+            Err(1300),
+            "an unread body owns the bytes"
+        );
+        body.finish();
+        assert_eq!(s.check(1250, &PARKING), Ok(Expired::Park));
+        assert_eq!(s.check(2000, &PARKING), Ok(Expired::Idle), "idle wins");
+        let slow_heads = Timeouts {
+            header_read: Duration::from_secs(10),
+            ..PARKING
+        };
+        let _busy = s.request_started(false);
+        assert_eq!(
+            s.check(3000, &slow_heads),
+            Err(3250),
+            "a busy connection is looked at again within the park delay"
+        );
     }
 }

@@ -3,10 +3,12 @@
 
 pub mod conn;
 pub mod headers;
+pub mod http1;
 pub mod service;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +16,64 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::table::Table;
 use conn::{ConnState, Expired, MeteredIo};
 use service::ProxyService;
+
+/// Every listener's account of client connections: permits bound how many
+/// are open (`limits.max_connections`); parked ones are counted apart.
+#[derive(Debug)]
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: usize,
+    parked: AtomicUsize,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Connections {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            parked: AtomicUsize::new(0),
+        })
+    }
+
+    /// Client connections open now, parked ones included.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// Idle HTTP/1.1 connections holding only their socket.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Relaxed)
+    }
+
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// Resolves once every connection has closed.
+    pub async fn closed(&self) {
+        let _ = self.permits.acquire_many(self.max as u32).await;
+    }
+
+    /// Counts a connection as parked while the guard lives.
+    pub(crate) fn park(self: &Arc<Self>) -> Parked {
+        self.parked.fetch_add(1, Relaxed);
+        Parked(self.clone())
+    }
+}
+
+/// One parked connection, counted until dropped.
+pub(crate) struct Parked(Arc<Connections>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Relaxed);
+    }
+}
 
 /// Serves one bound listener until `shutdown` turns true, then stops
 /// accepting and asks every connection to finish (HTTP/1.1: close after the
@@ -28,7 +83,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     table: Arc<ArcSwap<Table>>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -53,9 +108,9 @@ pub async fn serve(
         // would strand connections the kernel queued on another worker's
         // socket.)
         let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
+            p = connections.admit() => match p {
+                Some(p) => p,
+                None => return,
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
@@ -63,6 +118,7 @@ pub async fn serve(
         let table = table.clone();
         let shutdown = shutdown.clone();
         let acceptor = acceptor.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             // A connection that has sent nothing yet costs only this small
             // task: the HTTP machinery (and its buffers) is allocated once
@@ -70,17 +126,41 @@ pub async fn serve(
             // header read timeout.
             let wait = table.load().config.limits.header_read_timeout;
             let mut stop = shutdown.clone();
-            let ready = tokio::select! {
-                r = tokio::time::timeout(wait, stream.readable()) => matches!(r, Ok(Ok(()))),
-                _ = stop.wait_for(|s| *s) => false,
+            // Peeking, not waiting for readiness: tokio may report a fresh
+            // socket readable before any byte has arrived.
+            let mut opening = [0u8; H2_PREFACE.len()];
+            let seen = tokio::select! {
+                r = tokio::time::timeout(wait, stream.peek(&mut opening)) => match r {
+                    Ok(Ok(n)) if n > 0 => Some(n),
+                    _ => None,
+                },
+                _ = stop.wait_for(|s| *s) => None,
             };
-            if ready {
-                Box::pin(connection(stream, peer, acceptor, table, shutdown)).await;
+            if let Some(n) = seen {
+                if acceptor.is_none() && !H2_PREFACE.starts_with(&opening[..n]) {
+                    let limits = table.load().config.limits;
+                    let state = ConnState::new();
+                    let service = ProxyService::new(table, state.clone(), peer.ip(), false);
+                    let conn = http1::Conn {
+                        peer,
+                        service,
+                        state,
+                        limits,
+                        connections,
+                    };
+                    http1::serve(stream, conn, shutdown).await;
+                } else {
+                    Box::pin(connection(stream, peer, acceptor, table, shutdown)).await;
+                }
             }
             drop(permit);
         });
     }
 }
+
+/// How an HTTP/2 client with prior knowledge opens a connection. Anything
+/// else on a plain listener is HTTP/1.x.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 async fn connection(
     stream: tokio::net::TcpStream,
@@ -151,6 +231,11 @@ async fn serve_connection<I>(
     let grace = limits
         .header_read_timeout
         .max(std::time::Duration::from_secs(1));
+    let timeouts = conn::Timeouts {
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        park: None,
+    };
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -163,13 +248,13 @@ async fn serve_connection<I>(
                 closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
                 conn.as_mut().graceful_shutdown();
             }
-            why = conn::watchdog(&state, limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
+            why = conn::watchdog(&state, timeouts), if closing.is_none() => {
                 match why {
                     Expired::HeaderRead => {
                         tracing::debug!(%peer, "client did not send its request headers in time");
                         return;
                     }
-                    Expired::Idle => {
+                    Expired::Idle | Expired::Park => {
                         closing = Some(Box::pin(tokio::time::sleep(grace)));
                         conn.as_mut().graceful_shutdown();
                     }
@@ -190,7 +275,7 @@ pub type Sockets = Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>
 pub fn spawn_listeners(
     sockets: Sockets,
     table: &Arc<ArcSwap<Table>>,
-    connections: &Arc<Semaphore>,
+    connections: &Arc<Connections>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
     sockets

@@ -10,9 +10,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
-use super::conn::ConnState;
+use super::conn::{BodyOpen, ConnState};
 use super::headers;
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
@@ -51,9 +51,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        let in_flight = this.conn.request_started(req.version() == Version::HTTP_2);
+        let http2 = req.version() == Version::HTTP_2;
+        let in_flight = this.conn.request_started(http2);
+        let open = (!http2 && !req.body().is_end_stream()).then(|| this.conn.body_started());
         Box::pin(async move {
-            let response = this.forward(req).await;
+            let response = this.forward(req, open).await;
             // In flight until the body has been sent (or the request is
             // abandoned and this future dropped).
             Ok(response.map(|body| body.with_in_flight(in_flight)))
@@ -95,7 +97,11 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
 }
 
 impl ProxyService {
-    async fn forward(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        open: Option<BodyOpen>,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let table = self.table.load_full();
         let Some(host) = request_host(&req) else {
@@ -176,6 +182,7 @@ impl ProxyService {
             body,
             limits.max_body_bytes,
             started + limits.request_timeout,
+            open,
         );
         let progress = body.progress();
         let upstream_req = Request::from_parts(parts, body);

@@ -77,6 +77,11 @@ impl Metrics {
             "Current weight of each backend.".into(),
         );
         self.recorder.describe_gauge(
+            "sluice_connections".into(),
+            None,
+            "Client connections by state: open (all, parked included) and parked (idle HTTP/1.1 connections holding only their socket).".into(),
+        );
+        self.recorder.describe_gauge(
             "sluice_config_version".into(),
             None,
             "Version of the routing table in use.".into(),
@@ -124,6 +129,15 @@ impl Metrics {
             ],
         );
         self.recorder.register_gauge(&key, &METADATA)
+    }
+
+    /// Sets the client-connection gauges (read from the listeners at each
+    /// scrape, not kept up to date on the request path).
+    pub fn connections(&self, open: usize, parked: usize) {
+        for (state, n) in [("open", open), ("parked", parked)] {
+            let key = Self::key("sluice_connections", vec![Label::new("state", state)]);
+            self.recorder.register_gauge(&key, &METADATA).set(n as f64);
+        }
     }
 
     pub fn config_version(&self) -> Gauge {
