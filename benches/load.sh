@@ -7,6 +7,8 @@
 #
 #   benches/load.sh                      # REPS=5 DURATION=10 CONNS="64 256" H2=1
 #   REPS=2 DURATION=5 benches/load.sh    # quicker, noisier
+#   SLUICE_B=/path/to/other/sluice TARGETS="sluice sluice-b nginx" benches/load.sh
+#                                        # A/B: another build of sluice, same config
 #
 # Loopback only; every load run is bounded by DURATION; every process it
 # starts is stopped by PID on exit. Installs nginx, haproxy, wrk and h2load
@@ -96,6 +98,7 @@ start() {  # start TARGET: sets SUT (the pid charged for CPU) and HP (the port)
   case $1 in
     direct) SUT=$BPID; HP=$BPORT; return ;;
     sluice) taskset -c 0 "$SLUICE" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
+    sluice-b) taskset -c 0 "${SLUICE_B:?SLUICE_B names the other sluice binary}" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
     sluice-minimal) taskset -c 0 "$SLUICE" --log-format json run --config "$OUT/sluice-minimal.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
     nginx) taskset -c 0 nginx -p "$OUT/" -c "$OUT/nginx.conf" >>"$OUT/nginx.log" 2>&1 & ;;
     haproxy) taskset -c 0 haproxy -db -f "$OUT/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 & ;;

@@ -43,6 +43,11 @@ async fn headers_are_cleaned_and_forwarded_for_is_set() {
     )
     .await;
     assert_eq!(s, 200);
+    assert_eq!(
+        b.state.last_target.lock().unwrap().as_deref(),
+        Some("/path?q=1"),
+        "HTTP/1.1 backends get the origin form"
+    );
     let h = b.state.last_headers.lock().unwrap().clone().unwrap();
     assert_eq!(
         h["host"], "shop.test",
@@ -89,8 +94,16 @@ async fn h2c_from_clients_and_to_backends() {
     let p = start_proxy(&yaml).await;
     for c in [client(), h2_client()] {
         let base = format!("http://{}", p.proxy_addr());
-        assert_eq!(who(&get(&c, &format!("{base}/grpc/x"), &[]).await.1), "h2");
-        assert_eq!(who(&get(&c, &format!("{base}/"), &[]).await.1), "h1");
+        assert_eq!(
+            who(&get(&c, &format!("{base}/grpc/x?a=1"), &[]).await.1),
+            "h2"
+        );
+        assert_eq!(who(&get(&c, &format!("{base}/?a=1"), &[]).await.1), "h1");
+        // Whatever the client spoke: origin form to HTTP/1.1, and scheme,
+        // authority and path to HTTP/2.
+        let target = |b: &Backend| b.state.last_target.lock().unwrap().clone().unwrap();
+        assert_eq!(target(&h1), "/?a=1");
+        assert_eq!(target(&h2), format!("http://{}/grpc/x?a=1", h2.addr));
     }
     p.shutdown().await;
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
@@ -156,15 +157,25 @@ impl ProxyService {
             &self.proto,
             table.config.forwarded == Forwarded::Overwrite,
         );
-        let mut uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.pool.origin.clone());
-        if let Some(pq) = parts.uri.path_and_query() {
-            uri = uri.path_and_query(pq.clone());
+        // HTTP/1.1 backends get the origin form (`/path?query`), as from
+        // any proxy; HTTP/2 needs the scheme and authority as well.
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = if upstream_h2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(backend.pool.origin.clone())
+                .path_and_query(pq)
+                .build()
         } else {
-            uri = uri.path_and_query("/");
-        }
-        parts.uri = match uri.build() {
+            let mut origin_form = http::uri::Parts::default();
+            origin_form.path_and_query = Some(pq);
+            Uri::from_parts(origin_form).map_err(Into::into)
+        };
+        parts.uri = match uri {
             Ok(u) => u,
             Err(_) => {
                 return local_response(

@@ -43,6 +43,8 @@ pub struct BackendState {
     pub delay_ms: AtomicU64,
     /// The headers of the last request.
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// The request target of the last request, as it arrived.
+    pub last_target: Mutex<Option<String>>,
     /// Requests that carried a given header, by header name.
     pub marked: Mutex<HashMap<String, u64>>,
 }
@@ -132,6 +134,7 @@ async fn answer(name: &str, st: &BackendState, req: Request<Incoming>) -> Respon
         }
     }
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
+    *st.last_target.lock().unwrap() = Some(req.uri().to_string());
     let delay = st.delay_ms.load(Relaxed);
     // Echo the body's length so tests see that bodies stream through.
     let body = req
