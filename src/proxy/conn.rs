@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.
@@ -189,18 +190,82 @@ pub enum Expired {
     /// Nothing in flight for a while: shed the HTTP/1.1 state, keep the
     /// socket.
     Park,
+    /// The proxy is shutting down: finish the exchange in flight, then close.
+    Drain,
 }
 
 /// Resolves when the connection has expired. Sleeps until the earliest
 /// possible deadline and checks again, so a busy connection costs one timer
-/// wake-up per idle period, not one per request.
-pub async fn watchdog(state: &ConnState, limits: Timeouts) -> Expired {
-    loop {
-        let now = now_ms();
-        match state.check(now, &limits) {
-            Ok(why) => return why,
-            Err(due) => {
-                tokio::time::sleep(Duration::from_millis(due.saturating_sub(now).max(1))).await
+/// wake-up per look, not one per request.
+///
+/// It shares its task with the connection, so it is polled at every wake-up
+/// of that task (several per request). Until its deadline is near on the
+/// coarse clock, a poll answers from that clock alone: the armed timer
+/// already holds the task's waker, and polling it again costs more than
+/// anything else the watchdog does.
+pub struct Watchdog<'a> {
+    state: &'a ConnState,
+    limits: Timeouts,
+    /// Looked at with the timeouts: turns true when the proxy drains.
+    shutdown: Option<&'a watch::Receiver<bool>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the armed timer fires, in coarse milliseconds; 0 before the
+    /// first poll.
+    due: u64,
+}
+
+impl<'a> Watchdog<'a> {
+    pub fn new(state: &'a ConnState, limits: Timeouts) -> Self {
+        Watchdog {
+            state,
+            limits,
+            shutdown: None,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            due: 0,
+        }
+    }
+}
+
+impl<'a> Watchdog<'a> {
+    /// Also resolves, with [`Expired::Drain`], at the first look after
+    /// shutdown began: within one look interval (the park delay on HTTP/1.1
+    /// connections), instead of a wake-up channel polled at every wake-up of
+    /// the connection.
+    pub fn draining(mut self, shutdown: &'a watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+}
+
+impl std::future::Future for Watchdog<'_> {
+    type Output = Expired;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
+        let this = &mut *self;
+        let slack = crate::clock::RESOLUTION.as_millis() as u64;
+        loop {
+            let now = now_ms();
+            if this.due != 0 && now + slack < this.due {
+                return Poll::Pending;
+            }
+            if this.due != 0 && this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if this.shutdown.is_some_and(|s| *s.borrow()) {
+                return Poll::Ready(Expired::Drain);
+            }
+            match this.state.check(now, &this.limits) {
+                Ok(why) => return Poll::Ready(why),
+                Err(due) => {
+                    let wait = Duration::from_millis(due.saturating_sub(now).max(1));
+                    this.sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + wait);
+                    this.due = now + wait.as_millis() as u64;
+                    if this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }
@@ -383,5 +448,23 @@ mod tests {
             Err(3250),
             "a busy connection is looked at again within the park delay"
         );
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_sees_a_drain_at_its_next_look() {
+        let s = ConnState::new();
+        let _busy = s.request_started(false);
+        let (tx, rx) = watch::channel(false);
+        let limits = Timeouts {
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            park: Some(Duration::from_millis(50)),
+        };
+        let mut dog = Watchdog::new(&s, limits).draining(&rx);
+        let quiet = tokio::time::timeout(Duration::from_millis(200), &mut dog).await;
+        assert!(quiet.is_err(), "a busy connection has no verdict");
+        tx.send(true).unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(2), &mut dog).await;
+        assert_eq!(why, Ok(Expired::Drain));
     }
 }

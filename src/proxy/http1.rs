@@ -62,7 +62,7 @@ pub async fn serve(stream: TcpStream, conn: Conn, mut shutdown: watch::Receiver<
             &state,
             limits,
             peer,
-            &mut shutdown,
+            &shutdown,
         ));
         (io, ahead) = match active.await {
             Some(parked) => parked,
@@ -98,7 +98,7 @@ async fn active(
     state: &ConnState,
     limits: Limits,
     peer: SocketAddr,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> Option<(MeteredIo<TcpStream>, Bytes)> {
     io.rewind(ahead);
     let mut conn = hyper::server::conn::http1::Builder::new()
@@ -121,15 +121,12 @@ async fn active(
     let mut parking = false;
     let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let grace = limits.header_read_timeout.max(Duration::from_secs(1));
+    let mut watchdog = conn::Watchdog::new(state, timeouts).draining(shutdown);
     let ended = loop {
         tokio::select! {
+            biased;
             result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-            _ = stopping(shutdown), if closing.is_none() => {
-                parking = false;
-                closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
-                Pin::new(&mut conn).graceful_shutdown();
-            }
-            why = conn::watchdog(state, timeouts), if closing.is_none() && !parking => {
+            why = &mut watchdog, if closing.is_none() && !parking => {
                 match why {
                     Expired::HeaderRead => {
                         tracing::debug!(%peer, "client did not send its request headers in time");
@@ -137,6 +134,10 @@ async fn active(
                     }
                     Expired::Idle => {
                         closing = Some(Box::pin(tokio::time::sleep(grace)));
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    Expired::Drain => {
+                        closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
                         Pin::new(&mut conn).graceful_shutdown();
                     }
                     Expired::Park => {

@@ -248,13 +248,13 @@ async fn serve_connection<I>(
                 closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
                 conn.as_mut().graceful_shutdown();
             }
-            why = conn::watchdog(&state, timeouts), if closing.is_none() => {
+            why = conn::Watchdog::new(&state, timeouts), if closing.is_none() => {
                 match why {
                     Expired::HeaderRead => {
                         tracing::debug!(%peer, "client did not send its request headers in time");
                         return;
                     }
-                    Expired::Idle | Expired::Park => {
+                    Expired::Idle | Expired::Park | Expired::Drain => {
                         closing = Some(Box::pin(tokio::time::sleep(grace)));
                         conn.as_mut().graceful_shutdown();
                     }
