@@ -4,6 +4,9 @@
 # pinned the same way: the system under test on CPU 0, wrk (or h2load) and
 # the backend on CPU 1. Reports req/s, p50/p99, CPU µs per request of the
 # proxy process and the ratios to nginx and haproxy (medians over REPS).
+# With BOTH=1 (default) each round also runs `h1-2cores`: nothing pinned,
+# two proxy workers (sluice's default on two cores, nginx worker_processes 2,
+# haproxy nbthread 2) sharing both cores with wrk (2 threads) and the backend.
 #
 #   benches/load.sh                      # REPS=5 DURATION=10 CONNS="64 256" H2=1
 #   REPS=2 DURATION=5 benches/load.sh    # quicker, noisier
@@ -15,29 +18,22 @@
 # (Debian packages) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPS=${REPS:-5}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}; CONNS=${CONNS:-64 256}; H2=${H2:-1}
+source benches/lib.sh
+REPS=${REPS:-5}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}; CONNS=${CONNS:-64 256}; H2=${H2:-1}; BOTH=${BOTH:-1}
 TARGETS=${TARGETS:-direct sluice sluice-minimal nginx haproxy}
 PORT=18080; H2PORT=18081; BPORT=19000; APORT=19901
 OUT=${OUT:-target/bench-load/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need haproxy haproxy; need wrk wrk; need h2load nghttp2-client; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
 SLUICE=target/release/sluice; BACKEND=target/release/examples/bench_backend
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
 
 cat >"$OUT/sluice.yaml" <<YAML
 listeners: [{ addr: "127.0.0.1:$PORT" }, { addr: "127.0.0.1:$H2PORT" }]
 admin: { addr: "127.0.0.1:$APORT" }
 routes:
-  - name: bench
-    backends:
-      - { name: stable, url: "http://127.0.0.1:$BPORT", weight: 90 }
-      - { name: canary, url: "http://127.0.0.1:$BPORT", weight: 10 }
-    sticky: { header: x-user-id }
+$(sluice_route "$BPORT")
 YAML
 cat >"$OUT/sluice-minimal.yaml" <<YAML
 listeners: [{ addr: "127.0.0.1:$PORT" }, { addr: "127.0.0.1:$H2PORT" }]
@@ -78,6 +74,8 @@ frontend fe
 backend be
     server s1 127.0.0.1:$BPORT
 CONF
+sed 's/^worker_processes 1;/worker_processes 2;/' "$OUT/nginx.conf" >"$OUT/nginx2.conf"
+sed 's/^    nbthread 1$/    nbthread 2/' "$OUT/haproxy.cfg" >"$OUT/haproxy2.cfg"
 # wrk prints one machine-readable line: requests, duration, p50, p99 (µs), errors, non-2xx.
 cat >"$OUT/report.lua" <<'LUA'
 done = function(s, lat, req)
@@ -88,20 +86,21 @@ end
 LUA
 
 ticks() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo "$t"; }
-wait_port() { for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing answers on $1" >&2; return 1; }
 
 taskset -c 1 "$BACKEND" "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & BPID=$!; PIDS+=("$BPID")
 wait_port "$BPORT"
 
-start() {  # start TARGET: sets SUT (the pid charged for CPU) and HP (the port)
+start() {  # start TARGET [CPUS]: sets SUT (the pid charged for CPU) and HP (the port)
   HP=$PORT
+  local pin="taskset -c ${2:-0}" two=""
+  [ "${2:-0}" = "0-1" ] && two=2
   case $1 in
     direct) SUT=$BPID; HP=$BPORT; return ;;
-    sluice) taskset -c 0 "$SLUICE" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
-    sluice-b) taskset -c 0 "${SLUICE_B:?SLUICE_B names the other sluice binary}" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
-    sluice-minimal) taskset -c 0 "$SLUICE" --log-format json run --config "$OUT/sluice-minimal.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
-    nginx) taskset -c 0 nginx -p "$OUT/" -c "$OUT/nginx.conf" >>"$OUT/nginx.log" 2>&1 & ;;
-    haproxy) taskset -c 0 haproxy -db -f "$OUT/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 & ;;
+    sluice) $pin "$SLUICE" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
+    sluice-b) $pin "${SLUICE_B:?SLUICE_B names the other sluice binary}" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
+    sluice-minimal) $pin "$SLUICE" --log-format json run --config "$OUT/sluice-minimal.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
+    nginx) $pin nginx -p "$OUT/" -c "$OUT/nginx$two.conf" >>"$OUT/nginx.log" 2>&1 & ;;
+    haproxy) $pin haproxy -db -f "$OUT/haproxy$two.cfg" >>"$OUT/haproxy.log" 2>&1 & ;;
   esac
   SUT=$!; PIDS+=("$SUT"); wait_port "$PORT"
 }
@@ -110,6 +109,20 @@ stop() { [ "$1" = direct ] || { kill "$SUT"; wait "$SUT" 2>/dev/null || true; sl
 echo "rep,proto,conns,target,requests,duration_us,p50_us,p99_us,errors,non2xx,sut_ticks,clk_tck" >"$OUT/results.csv"
 run() {  # run REP PROTO CONNS TARGET
   local rep=$1 proto=$2 c=$3 t=$4 out t0 t1 line
+  if [ "$proto" = h1-2cores ]; then
+    [ "$t" = direct ] && return 0
+    taskset -a -p -c 0-1 "$BPID" >/dev/null
+    start "$t" 0-1
+    taskset -c 0-1 wrk -t2 -c"$c" -d"${WARMUP}s" "http://127.0.0.1:$HP/" >/dev/null
+    t0=$(ticks "$SUT")
+    out=$(taskset -c 0-1 wrk -t2 -c"$c" -d"${DURATION}s" -s "$OUT/report.lua" "http://127.0.0.1:$HP/")
+    t1=$(ticks "$SUT")
+    line=$(echo "$out" | awk '/^RESULT/{print $2","$3","$4","$5","$6","$7}')
+    taskset -a -p -c 1 "$BPID" >/dev/null
+    stop "$t"
+    echo "$rep,$proto,$c,$t,$line,$((t1 - t0)),$(getconf CLK_TCK)" | tee -a "$OUT/results.csv"
+    return 0
+  fi
   start "$t"
   [ "$t" = direct ] && taskset -a -p -c 0 "$BPID" >/dev/null
   if [ "$proto" = h1 ]; then
@@ -136,5 +149,6 @@ run() {  # run REP PROTO CONNS TARGET
 for rep in $(seq "$REPS"); do
   for c in $CONNS; do for t in $TARGETS; do run "$rep" h1 "$c" "$t"; done; done
   if [ "$H2" = 1 ]; then for t in $TARGETS; do run "$rep" h2 64 "$t"; done; fi
+  if [ "$BOTH" = 1 ]; then for t in $TARGETS; do run "$rep" h1-2cores 256 "$t"; done; fi
 done
 python3 benches/summarize.py "$OUT/results.csv" | tee "$OUT/summary.md"

@@ -120,6 +120,10 @@ struct Writer {
     rollout_weights: HashMap<String, (String, BTreeMap<String, u64>)>,
     history: VecDeque<Version>,
     next_version: u64,
+    /// The table last replaced. Requests in flight still hold it; keeping
+    /// it here until the next change means its last reference (ten thousand
+    /// routes to free) drops on this thread, not on a worker mid-request.
+    retired: Option<Arc<Table>>,
 }
 
 impl ControlPlane {
@@ -162,6 +166,7 @@ impl ControlPlane {
                 rollout_weights: HashMap::new(),
                 history,
                 next_version: version + 1,
+                retired: None,
             }),
             journal,
             metrics,
@@ -218,11 +223,7 @@ impl ControlPlane {
         let scoped = match &change {
             Change::Weights { route, .. }
             | Change::Rollback { route }
-            | Change::Rollout { route, .. } => current
-                .config
-                .routes
-                .iter()
-                .position(|r| &*r.name == route.as_str()),
+            | Change::Rollout { route, .. } => current.config.route_index(route),
             _ => None,
         };
         let result = self
@@ -293,6 +294,7 @@ impl ControlPlane {
             None => w.registry.compile(Arc::new(cfg), version),
         });
         self.table.store(table.clone());
+        w.retired = Some(current.clone());
         self.changes.send_replace(version);
         self.metrics.config_version().set(version as f64);
         self.metrics.reloads("ok").increment(1);
@@ -307,10 +309,12 @@ impl ControlPlane {
             w.history.pop_front();
         }
         self.persist_history(&w);
-        let weights: BTreeMap<&str, BTreeMap<&str, u32>> = table
-            .routes
-            .iter()
-            .filter(|r| change.route().is_none_or(|name| &*r.name == name))
+        let changed: Vec<&crate::table::Route> = match change.route() {
+            Some(name) => table.route_named(name).into_iter().collect(),
+            None => table.routes.iter().map(|r| &**r).collect(),
+        };
+        let weights: BTreeMap<&str, BTreeMap<&str, u32>> = changed
+            .into_iter()
             .map(|r| {
                 (
                     &*r.name,
@@ -344,7 +348,7 @@ impl ControlPlane {
                 };
                 if let Some((known, weights)) = w.rollout_weights.get(&r.name) {
                     if *known == fp {
-                        for b in &mut r.backends {
+                        for b in &mut Arc::make_mut(r).backends {
                             b.weight = weights.get(&b.name).copied().unwrap_or(0);
                         }
                     }
@@ -376,7 +380,7 @@ impl ControlPlane {
                 Ok(new)
             }
             Change::Weights { route, weights } => {
-                let r = find_route(&mut doc, route)?;
+                let r = find_route(&mut doc, &current.config, route)?;
                 let mut problems = Vec::new();
                 for (name, weight) in weights {
                     match r.backends.iter_mut().find(|b| &b.name == name) {
@@ -407,7 +411,7 @@ impl ControlPlane {
                 }
             }
             Change::Rollout { route, weights, .. } => {
-                let r = find_route(&mut doc, route)?;
+                let r = find_route(&mut doc, &current.config, route)?;
                 for b in &mut r.backends {
                     b.weight = weights.get(&b.name).copied().unwrap_or(0);
                 }
@@ -418,7 +422,7 @@ impl ControlPlane {
                     .route_named(route)
                     .map(|r| r.baseline)
                     .ok_or_else(|| no_route(route))?;
-                let r = find_route(&mut doc, route)?;
+                let r = find_route(&mut doc, &current.config, route)?;
                 for (i, b) in r.backends.iter_mut().enumerate() {
                     b.weight = if i == baseline { 100 } else { 0 };
                 }
@@ -494,13 +498,17 @@ fn no_route(route: &str) -> Rejection {
     Rejection::NotFound(format!("no route named \"{route}\""))
 }
 
+/// The named route of a document derived from `config`'s, for changing.
 fn find_route<'a>(
     doc: &'a mut Document,
+    config: &config::Config,
     route: &str,
 ) -> Result<&'a mut config::raw::Route, Rejection> {
-    doc.routes
-        .iter_mut()
-        .find(|r| r.name == route)
+    config
+        .route_index(route)
+        .and_then(|i| doc.routes.get_mut(i))
+        .filter(|r| r.name == route)
+        .map(Arc::make_mut)
         .ok_or_else(|| no_route(route))
 }
 

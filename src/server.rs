@@ -28,7 +28,7 @@ pub struct Options {
     pub base_dir: Option<PathBuf>,
     /// Data-plane threads, each with its own single-threaded runtime and its
     /// own accepting socket per listener (default: one per available core).
-    /// The first runs on the caller's runtime, with the control plane.
+    /// The caller's runtime keeps the control side (admin API, rollouts).
     pub workers: Option<usize>,
 }
 
@@ -41,6 +41,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error("cannot start a data-plane worker: {0}")]
+    Worker(std::io::Error),
     #[error("cannot open the journal in the state directory: {0}")]
     Journal(std::io::Error),
 }
@@ -122,46 +124,58 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let connections = crate::proxy::Connections::new(max_connections);
     let (stopped, stopped_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut sockets = sockets.into_iter();
-    let table = control.table_handle();
-    let first = sockets.next().unwrap_or_default();
-    tasks.extend(
-        crate::proxy::spawn_listeners(first, &table, &connections, &shutdown_rx).map_err(
-            |source| StartError::Bind {
-                addr: proxy_addrs[0],
-                source,
-            },
-        )?,
-    );
-    for (i, worker) in sockets.enumerate() {
+    // Every worker serves on its own thread and runtime; this runtime keeps
+    // the control side (admin API, rollouts, reloads), so a table change
+    // never stalls requests behind it.
+    let mut ready = Vec::new();
+    for (i, worker) in sockets.into_iter().enumerate() {
         let (table, connections, shutdown_rx) = (
             control.table_handle(),
             connections.clone(),
             shutdown_rx.clone(),
         );
         let mut stopped_rx = stopped_rx.clone();
+        let (listening, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
         let spawned = std::thread::Builder::new()
-            .name(format!("sluice-worker-{}", i + 1))
+            .name(format!("sluice-worker-{i}"))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
                     Ok(rt) => rt,
-                    Err(e) => return tracing::error!(error = %e, "cannot start a worker runtime"),
+                    Err(e) => {
+                        let _ = listening.send(Err(e));
+                        return;
+                    }
                 };
                 rt.block_on(async move {
-                    if let Err(e) =
-                        crate::proxy::spawn_listeners(worker, &table, &connections, &shutdown_rx)
-                    {
-                        tracing::error!(error = %e, "a worker cannot listen");
-                    }
+                    let result =
+                        crate::proxy::spawn_listeners(worker, &table, &connections, &shutdown_rx);
+                    let _ = listening.send(result.map(drop));
                     // Connections live on this runtime until sluice has drained.
                     let _ = stopped_rx.wait_for(|s| *s).await;
                 });
             });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
+            let _ = stopped.send(true);
+            return Err(StartError::Worker(e));
+        }
+    }
+    for listening in ready {
+        match listening.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = stopped.send(true);
+                return Err(StartError::Worker(e));
+            }
+            Err(_) => {
+                let _ = stopped.send(true);
+                return Err(StartError::Worker(std::io::Error::other(
+                    "a worker thread ended before listening",
+                )));
+            }
         }
     }
     let admin_addr = admin_listener

@@ -154,7 +154,7 @@ impl Table {
     }
 
     pub fn route_named(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
+        self.config.route_index(name).map(|i| &*self.routes[i])
     }
 }
 

@@ -423,3 +423,39 @@ async fn history_and_journal_survive_a_restart() {
     assert_eq!(journal.lines().count(), 4, "{journal}");
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_answers_with_that_route_alone() {
+    let b = Backend::start("b").await;
+    let mut yaml =
+        "listeners: [{ addr: 127.0.0.1:0 }]\nadmin: { addr: 127.0.0.1:0 }\nroutes:\n".to_string();
+    for name in ["one", "two", "three"] {
+        yaml.push_str(&format!(
+            "  - {{ name: {name}, match: {{ host: {name}.test }}, backends: [{{ name: stable, url: \"{}\" }}, {{ name: canary, url: \"{}\", weight: 0 }}] }}\n",
+            b.url(),
+            b.url()
+        ));
+    }
+    let p = start_proxy(&yaml).await;
+    let (s, _, body) = send(
+        &client(),
+        "PUT",
+        &format!("http://{}/routes/two/weights", p.admin_addr),
+        &[],
+        r#"{"stable": 70, "canary": 30}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let routes = answer["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{answer:#}");
+    assert_eq!(routes[0]["name"], "two");
+    assert_eq!(routes[0]["backends"][1]["weight"], 30);
+    let all = admin_json(&p, "/status").await;
+    assert_eq!(all["routes"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        all["routes"][0]["backends"][1]["weight"], 0,
+        "route one untouched"
+    );
+    p.shutdown().await;
+}

@@ -203,9 +203,10 @@ impl Admin {
                     Syntax::Yaml
                 };
                 match config::parse_document(text, syntax) {
-                    Ok(doc) => {
-                        self.applied(control.apply(Change::Replace(Box::new(doc)), &actor, None))
-                    }
+                    Ok(doc) => self.applied(
+                        control.apply(Change::Replace(Box::new(doc)), &actor, None),
+                        None,
+                    ),
                     Err(p) => {
                         control.reject_unparsed(&p, &actor, "new configuration");
                         rejection(Rejection::Invalid(p))
@@ -239,14 +240,14 @@ impl Admin {
                 if result.is_ok() {
                     self.rollouts.weights_set_by_hand(Some(route));
                 }
-                self.applied(result)
+                self.applied(result, Some(route))
             }
             (&Method::POST, ["routes", route, "rollback"]) if self.rollouts.owns_weights(route) => {
                 // Rolling back a route under a rollout aborts the rollout.
-                self.acted(self.rollouts.act(route, Action::Abort, &actor))
+                self.acted(self.rollouts.act(route, Action::Abort, &actor), route)
             }
             (&Method::POST, ["routes", route, "rollout", action]) => match Action::parse(action) {
-                Some(a) => self.acted(self.rollouts.act(route, a, &actor)),
+                Some(a) => self.acted(self.rollouts.act(route, a, &actor), route),
                 None => error(
                     StatusCode::NOT_FOUND,
                     format!(
@@ -270,7 +271,7 @@ impl Admin {
                 if result.is_ok() {
                     self.rollouts.weights_set_by_hand(Some(route));
                 }
-                self.applied(result)
+                self.applied(result, Some(route))
             }
             (&Method::GET, ["history"]) => {
                 let current = control.current().version;
@@ -302,7 +303,7 @@ impl Admin {
                     if result.is_ok() {
                         self.rollouts.weights_set_by_hand(None);
                     }
-                    self.applied(result)
+                    self.applied(result, None)
                 }
                 Err(_) => error(
                     StatusCode::BAD_REQUEST,
@@ -328,16 +329,25 @@ impl Admin {
         }
     }
 
-    fn applied(&self, result: Result<Arc<crate::table::Table>, Rejection>) -> Reply {
+    /// Answers a change with the status it made: of the one route it
+    /// concerned, or of all.
+    fn applied(
+        &self,
+        result: Result<Arc<crate::table::Table>, Rejection>,
+        route: Option<&str>,
+    ) -> Reply {
         match result {
-            Ok(table) => json(StatusCode::OK, &self.status(&table)),
+            Ok(table) => json(StatusCode::OK, &self.status_of(&table, route)),
             Err(r) => rejection(r),
         }
     }
 
-    fn acted(&self, result: Result<(), ActionError>) -> Reply {
+    fn acted(&self, result: Result<(), ActionError>, route: &str) -> Reply {
         match result {
-            Ok(()) => json(StatusCode::OK, &self.status(&self.control.current())),
+            Ok(()) => json(
+                StatusCode::OK,
+                &self.status_of(&self.control.current(), Some(route)),
+            ),
             Err(ActionError::NoRollout(r)) => {
                 error(StatusCode::NOT_FOUND, format!("route {r} has no rollout"))
             }
@@ -347,7 +357,11 @@ impl Admin {
     }
 
     fn status(&self, table: &crate::table::Table) -> status::Status {
-        let mut s = status::status(table);
+        self.status_of(table, None)
+    }
+
+    fn status_of(&self, table: &crate::table::Table, route: Option<&str>) -> status::Status {
+        let mut s = status::status_of(table, route);
         s.connections = status::ConnectionsStatus {
             open: self.connections.open(),
             parked: self.connections.parked(),

@@ -57,9 +57,18 @@ pub struct BackendStatus {
 }
 
 pub fn status(table: &Table) -> Status {
-    let routes = table
-        .routes
-        .iter()
+    status_of(table, None)
+}
+
+/// The status of one route (`only`), or of all: an answer about one route
+/// need not summarize ten thousand.
+pub fn status_of(table: &Table, only: Option<&str>) -> Status {
+    let chosen: Vec<&crate::table::Route> = match only {
+        Some(name) => table.route_named(name).into_iter().collect(),
+        None => table.routes.iter().map(|r| &**r).collect(),
+    };
+    let routes = chosen
+        .into_iter()
         .map(|r| {
             let total: u64 = r.backends.iter().map(|b| b.weight as u64).sum();
             RouteStatus {

@@ -22,8 +22,10 @@ pub struct Document {
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<String>,
+    /// Shared, so a change to one route of a large table copies that route
+    /// alone, not all of them.
     #[serde(default)]
-    pub routes: Vec<Route>,
+    pub routes: Vec<std::sync::Arc<Route>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

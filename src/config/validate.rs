@@ -116,6 +116,11 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
     if !p.is_empty() {
         return Err(Problems(p));
     }
+    let by_name = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
     Ok(Config {
         document: Arc::new(document),
         listeners,
@@ -124,6 +129,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         limits,
         forwarded,
         routes,
+        by_name: Arc::new(by_name),
     })
 }
 

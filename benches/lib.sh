@@ -1,0 +1,24 @@
+# Shared by the benchmark scripts: sourced, not run.
+
+# need COMMAND PACKAGE: installs the Debian package when the command is missing.
+need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+
+# Every process a script starts goes into PIDS and is stopped on exit.
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+# wait_port PORT: until something answers HTTP there (30 s at most).
+wait_port() { for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing answers on $1" >&2; return 1; }
+
+# sluice_route BACKEND_PORT: the benchmarked route, with sluice's normal
+# features on: two weighted backends and a sticky header.
+sluice_route() {
+  cat <<YAML
+  - name: bench
+    backends:
+      - { name: stable, url: "http://127.0.0.1:$1", weight: 90 }
+      - { name: canary, url: "http://127.0.0.1:$1", weight: 10 }
+    sticky: { header: x-user-id }
+YAML
+}
