@@ -143,9 +143,11 @@ async fn active(
                     Expired::Park => {
                         // Nothing in flight and no body unread: hyper stops
                         // at once (or after flushing its last bytes) without
-                        // touching the socket.
+                        // touching the socket. A client that never reads
+                        // those bytes is cut off after the idle timeout.
                         parking = true;
                         tracing::trace!(%peer, "parking");
+                        closing = Some(Box::pin(tokio::time::sleep(limits.idle_timeout)));
                         Pin::new(&mut conn).graceful_shutdown();
                     }
                 }
