@@ -18,12 +18,7 @@ OUT=${OUT:-target/bench-instructions/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; O
 need valgrind valgrind; need h2load nghttp2-client; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
 BIN=${BIN:-target/release/sluice}
-cat >"$OUT/sluice.yaml" <<YAML
-listeners: [{ addr: "127.0.0.1:$PORT" }]
-admin: { addr: "127.0.0.1:$APORT" }
-routes:
-$(sluice_route "$BPORT")
-YAML
+sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \

@@ -22,3 +22,14 @@ sluice_route() {
     sticky: { header: x-user-id }
 YAML
 }
+
+# sluice_config PORT ADMIN_PORT BACKEND_PORT: one listener, the admin API
+# and the benchmarked route.
+sluice_config() {
+  cat <<YAML
+listeners: [{ addr: "127.0.0.1:$1" }]
+admin: { addr: "127.0.0.1:$2" }
+routes:
+$(sluice_route "$3")
+YAML
+}

@@ -15,12 +15,7 @@ PORT=18580; BPORT=19500; APORT=19905
 OUT=${OUT:-target/bench-soak/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 need wrk wrk; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
-cat >"$OUT/sluice.yaml" <<YAML
-listeners: [{ addr: "127.0.0.1:$PORT" }]
-admin: { addr: "127.0.0.1:$APORT" }
-routes:
-$(sluice_route "$BPORT")
-YAML
+sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
 taskset -c 0 target/release/sluice --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & SUT=$!; PIDS+=("$SUT")
