@@ -314,3 +314,47 @@ impl Pool {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_connections_stay_with_the_worker_that_released_them() {
+        // An HTTP/1.1 handshake exchanges no bytes: a listener that only
+        // accepts is backend enough.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                sockets.push(s);
+            }
+        });
+        reserve_workers(2);
+        let pool = Arc::new(Pool::new(&PoolKey {
+            upstream: Upstream {
+                authority: addr.to_string().parse().unwrap(),
+                protocol: Protocol::Http1,
+            },
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+        }));
+        for worker in [0, 1, 1] {
+            set_worker(worker);
+            let sender = pool.connect().await.unwrap();
+            pool.lease(sender).release();
+        }
+        let queued = |w: usize| pool.idle[w % pool.idle.len()].len();
+        assert_eq!((queued(0), queued(1)), (1, 2));
+        set_worker(0);
+        assert!(pool.idle().pop().is_some());
+        assert!(
+            pool.idle().pop().is_none(),
+            "worker 0 never takes worker 1's"
+        );
+        assert_eq!(queued(1), 2);
+        set_worker(0);
+        held.abort();
+    }
+}
