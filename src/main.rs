@@ -261,17 +261,29 @@ async fn run(
         sluice::demo::traffic(running.proxy_addr(), per_second);
     }
     if demo_mode {
-        println!("proxy:     http://{}", running.proxy_addr());
-        println!("admin:     http://{}", running.admin_addr);
-        println!("dashboard: http://{}/", running.admin_addr);
-        println!(
-            "try:       curl -H 'x-user-id: alice' http://{}/",
-            running.proxy_addr()
-        );
-        println!(
-            "watch:     sluice ctl --admin http://{} watch demo",
-            running.admin_addr
-        );
+        // Whoever reads these may stop reading (`sluice demo | head -1`):
+        // a closed stdout must not take the proxy down, so write errors are
+        // ignored rather than panicking as `println!` would.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "proxy:     http://{}", running.proxy_addr())
+            .and_then(|_| writeln!(out, "admin:     http://{}", running.admin_addr))
+            .and_then(|_| writeln!(out, "dashboard: http://{}/", running.admin_addr))
+            .and_then(|_| {
+                writeln!(
+                    out,
+                    "try:       curl -H 'x-user-id: alice' http://{}/",
+                    running.proxy_addr()
+                )
+            })
+            .and_then(|_| {
+                writeln!(
+                    out,
+                    "watch:     sluice ctl --admin http://{} watch demo",
+                    running.admin_addr
+                )
+            })
+            .and_then(|_| out.flush());
     }
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
