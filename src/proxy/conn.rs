@@ -318,6 +318,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
             let n = self.ahead.len().min(buf.remaining());
             buf.put_slice(&self.ahead[..n]);
             self.ahead.advance(n);
+            // The start of the next head: activity now, and the header-read
+            // clock runs (else a fresh HTTP connection could be parked again
+            // before it has read them).
+            self.state.on_read();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
