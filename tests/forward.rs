@@ -441,19 +441,12 @@ async fn a_stalled_second_request_on_a_keep_alive_connection_is_cut_off() {
     p.shutdown().await;
 }
 
-/// `connections.parked` from `/status`.
-async fn parked(p: &sluice::server::Running) -> u64 {
-    admin_json(p, "/status").await["connections"]["parked"]
-        .as_u64()
-        .unwrap()
-}
-
+/// Waits until `/status` counts `want` parked connections.
 async fn wait_parked(p: &sluice::server::Running, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while parked(p).await != want {
-        assert!(Instant::now() < deadline, "never {want} parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(p, Duration::from_secs(3), &format!("{want} parked"), |s| {
+        s["connections"]["parked"] == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,10 +56,6 @@ pub struct BackendStatus {
     pub classes: std::collections::BTreeMap<String, u64>,
 }
 
-pub fn status(table: &Table) -> Status {
-    status_of(table, None)
-}
-
 /// The status of one route (`only`), or of all: an answer about one route
 /// need not summarize ten thousand.
 pub fn status_of(table: &Table, only: Option<&str>) -> Status {

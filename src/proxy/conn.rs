@@ -199,19 +199,18 @@ pub enum Expired {
 /// wake-up per look, not one per request.
 ///
 /// It shares its task with the connection, so it is polled at every wake-up
-/// of that task (several per request). Until its deadline is near on the
-/// coarse clock, a poll answers from that clock alone: the armed timer
-/// already holds the task's waker, and polling it again costs more than
-/// anything else the watchdog does.
+/// of that task (several per request). Until its timer has fired, a poll
+/// answers from the timer's state alone: the armed timer already holds the
+/// task's waker, and polling it again costs more than anything else the
+/// watchdog does.
 pub struct Watchdog<'a> {
     state: &'a ConnState,
     limits: Timeouts,
     /// Looked at with the timeouts: turns true when the proxy drains.
     shutdown: Option<&'a watch::Receiver<bool>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// When the armed timer fires, in coarse milliseconds; 0 before the
-    /// first poll.
-    due: u64,
+    /// Whether `sleep` has been set and polled (not before the first look).
+    armed: bool,
 }
 
 impl<'a> Watchdog<'a> {
@@ -221,7 +220,7 @@ impl<'a> Watchdog<'a> {
             limits,
             shutdown: None,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            due: 0,
+            armed: false,
         }
     }
 }
@@ -242,18 +241,14 @@ impl std::future::Future for Watchdog<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
         let this = &mut *self;
-        let slack = crate::clock::RESOLUTION.as_millis() as u64;
+        if this.armed && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
         loop {
-            let now = now_ms();
-            if this.due != 0 && now + slack < this.due {
-                return Poll::Pending;
-            }
-            if this.due != 0 && this.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
             if this.shutdown.is_some_and(|s| *s.borrow()) {
                 return Poll::Ready(Expired::Drain);
             }
+            let now = now_ms();
             match this.state.check(now, &this.limits) {
                 Ok(why) => return Poll::Ready(why),
                 Err(due) => {
@@ -261,7 +256,7 @@ impl std::future::Future for Watchdog<'_> {
                     this.sleep
                         .as_mut()
                         .reset(tokio::time::Instant::now() + wait);
-                    this.due = now + wait.as_millis() as u64;
+                    this.armed = true;
                     if this.sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }

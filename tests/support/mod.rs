@@ -398,8 +398,12 @@ pub async fn admin_json(p: &sluice::server::Running, path: &str) -> serde_json::
 
 /// The `rollout` object of a route in `/status`.
 pub async fn rollout_status(p: &sluice::server::Running, route: &str) -> serde_json::Value {
-    let s = admin_json(p, "/status").await;
-    s["routes"]
+    rollout_of(&admin_json(p, "/status").await, route)
+}
+
+/// The `rollout` object of a route in a `/status` document.
+pub fn rollout_of(status: &serde_json::Value, route: &str) -> serde_json::Value {
+    status["routes"]
         .as_array()
         .unwrap()
         .iter()
@@ -438,15 +442,7 @@ pub async fn wait_rollout(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let of_route = |s: &serde_json::Value| {
-        s["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == route)
-            .unwrap()["rollout"]
-            .clone()
-    };
+    let of_route = |s: &serde_json::Value| rollout_of(s, route);
     let s = wait_status(p, within, what, |s| ready(&of_route(s))).await;
     of_route(&s)
 }
