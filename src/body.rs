@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 
 use crate::proxy::conn::{BodyOpen, InFlight};
 use crate::stats::{BackendStats, Class};
+use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -189,9 +190,8 @@ pin_project! {
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
         Upstream {
-            #[pin] inner: Incoming,
+            #[pin] inner: UpstreamBody,
             outcome: Outcome,
-            lease: Option<crate::upstream::Lease>,
             in_flight: Option<InFlight>,
         },
         Local { data: Option<Bytes>, in_flight: Option<InFlight> },
@@ -199,22 +199,11 @@ pin_project! {
 }
 
 impl ResponseBody {
-    /// The backend's body. A body that is already complete (no content)
-    /// gives its connection back at once.
-    pub fn upstream(
-        inner: Incoming,
-        outcome: Outcome,
-        mut lease: Option<crate::upstream::Lease>,
-    ) -> Self {
-        if inner.is_end_stream() {
-            if let Some(l) = lease.take() {
-                l.release();
-            }
-        }
+    /// The backend's body.
+    pub fn upstream(inner: UpstreamBody, outcome: Outcome) -> Self {
         ResponseBody::Upstream {
             inner,
             outcome,
-            lease,
             in_flight: None,
         }
     }
@@ -252,10 +241,7 @@ impl Body for ResponseBody {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
             ResponseBodyProj::Upstream {
-                mut inner,
-                outcome,
-                lease,
-                ..
+                mut inner, outcome, ..
             } => match ready!(inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
@@ -267,24 +253,16 @@ impl Body for ResponseBody {
                     // last byte, so the end is noticed here, not at `None`.
                     if inner.is_end_stream() {
                         outcome.finish();
-                        if let Some(l) = lease.take() {
-                            l.release();
-                        }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Some(Err(e)) => {
-                    lease.take();
                     outcome.class = Class::Error;
                     outcome.finish();
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 None => {
                     outcome.finish();
-                    // The exchange is complete: the connection may carry another.
-                    if let Some(lease) = lease.take() {
-                        lease.release();
-                    }
                     Poll::Ready(None)
                 }
             },

@@ -201,8 +201,7 @@ impl ProxyService {
         let result = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
         let latency = started.elapsed();
         match result {
-            Ok(Ok((response, lease))) => {
-                let lease = lease.map(|l| l.with_request_body(progress.clone()));
+            Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let class = if grpc_failed(&parts.headers) {
@@ -211,7 +210,7 @@ impl ProxyService {
                     Class::of_status(parts.status.as_u16())
                 };
                 let outcome = Outcome::new(backend.stats.clone(), class, latency);
-                Response::from_parts(parts, ResponseBody::upstream(body, outcome, lease))
+                Response::from_parts(parts, ResponseBody::upstream(body, outcome))
             }
             Ok(Err(e)) => match e.failure {
                 Failure::Downstream(BodyLimit::TooLarge) => local_response(

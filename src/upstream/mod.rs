@@ -2,17 +2,21 @@
 //! protocol, timeouts), carried across table swaps so that a weight change
 //! keeps warm connections, and dropped when no table references the backend.
 //!
-//! HTTP/1.1 backends get sluice's own pool: idle `SendRequest` handles in a
-//! lock-free queue, checked out per request and returned when the response
-//! body has been read to its end. hyper-util's general-purpose client boxes
-//! futures, locks a keyed pool, races checkout against connect and spawns a
-//! task per streaming response; none of that is needed when the pool already
-//! belongs to one backend. h2c backends multiplex over hyper-util's client.
+//! HTTP/1.1 backends get sluice's own pool and client side ([`h1`]): idle
+//! connections in a lock-free queue, checked out per request, driven by the
+//! request's own task, and returned when the response body has been read
+//! to its end. hyper-util's general-purpose client boxes futures, locks a
+//! keyed pool, races checkout against connect and spawns a task per
+//! streaming response; none of that is needed when the pool already belongs
+//! to one backend. h2c backends multiplex over hyper-util's client.
 //!
-//! Each worker keeps its own idle connections. A connection's task lives on
-//! the worker that opened it; lent to another worker, every request would
-//! wake a thread across cores twice (send, then answer), which cost a
-//! quarter of the throughput with two workers.
+//! Each worker keeps its own idle connections: a socket is registered with
+//! the reactor of the worker that opened it, and used from another worker
+//! every read would wake a thread across cores, which cost a quarter of the
+//! throughput with two workers.
+
+mod chunked;
+pub mod h1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,13 +25,16 @@ use std::time::{Duration, Instant};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
@@ -80,7 +87,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -93,40 +100,38 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A checked-out HTTP/1.1 connection, busy with one response. Going back to
-/// the pool only when that response's body was read to its end keeps a
-/// connection from carrying two exchanges at once; dropped otherwise, it
-/// closes.
-pub struct Lease {
-    sender: http1::SendRequest<RequestBody>,
-    pool: Arc<Pool>,
-    request_body: crate::body::BodyProgress,
+/// A backend's response body, from either kind of pool.
+pub enum UpstreamBody {
+    H1(h1::Body),
+    H2(Incoming),
 }
 
-impl Lease {
-    /// Notes the request body whose end, too, the connection must see
-    /// before it may carry another exchange.
-    pub fn with_request_body(mut self, progress: crate::body::BodyProgress) -> Self {
-        self.request_body = progress;
-        self
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
     }
 
-    pub fn release(self) {
-        if !self.request_body.finished() {
-            // The backend answered before the upload ended: this connection
-            // is still busy sending; let it close rather than make the next
-            // request wait for someone else's upload.
-            return;
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
         }
-        let pool = &self.pool;
-        if pool.idle_len.fetch_add(1, Relaxed) >= MAX_IDLE {
-            pool.idle_len.fetch_sub(1, Relaxed);
-            return; // enough idle connections: this one closes
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
         }
-        pool.idle().push(Idle {
-            sender: self.sender,
-            since: Instant::now(),
-        });
     }
 }
 
@@ -210,44 +215,40 @@ impl Pool {
         }
     }
 
-    /// Sends a request to the backend; the lease, if any, must be released
-    /// when the response body ends.
+    /// Sends a request to the backend. An HTTP/1.1 connection goes back to
+    /// the pool when the response body has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(client) = &self.h2 {
             return client
                 .request(req)
                 .await
-                .map(|r| (r, None))
+                .map(|r| r.map(UpstreamBody::H2))
                 .map_err(UpstreamError::classify);
         }
-        // A pooled connection first; one the backend closed while idle is
-        // skipped, and a request it could not take is retried elsewhere.
-        while let Some(idle) = self.idle().pop() {
-            self.idle_len.fetch_sub(1, Relaxed);
-            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
-                continue;
-            }
-            let mut sender = idle.sender;
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(self.lease(sender)))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::classify(e.into_error())),
-                },
+        let (parts, body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        let (head, chunked) = h1::encode_head(&parts, has_body);
+        let mut upload = has_body.then(|| h1::Upload::new(body, chunked));
+        loop {
+            let (conn, pooled) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            match conn.exchange(&head, &mut upload, &parts.method, self).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::H1)),
+                // A pooled connection the backend closed as it was taken:
+                // nothing was answered or consumed, so an idempotent
+                // request goes again (nginx's proxy_next_upstream does the
+                // same), on the next idle connection or a new one.
+                Err(f) if pooled && f.replayable && parts.method.is_idempotent() => {
+                    tracing::trace!(error = %f.error, "pooled connection closed; sending again")
+                }
+                Err(f) => return Err(UpstreamError::classify(f.error)),
             }
         }
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::classify)?;
-        Ok((resp, Some(self.lease(sender))))
     }
 
     /// The current worker's idle connections.
@@ -255,42 +256,44 @@ impl Pool {
         &self.idle[WORKER.with(Cell::get) % self.idle.len()]
     }
 
-    fn lease(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) -> Lease {
-        Lease {
-            sender,
-            pool: self.clone(),
-            request_body: Default::default(),
+    /// An idle connection that is still fresh and open, if any.
+    fn checkout(&self) -> Option<h1::Conn> {
+        while let Some(idle) = self.idle().pop() {
+            self.idle_len.fetch_sub(1, Relaxed);
+            if idle.since.elapsed() < self.idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
         }
+        None
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    /// Keeps a connection whose exchange has completed for the next one.
+    fn put_back(&self, conn: h1::Conn) {
+        if self.idle_len.fetch_add(1, Relaxed) >= MAX_IDLE {
+            self.idle_len.fetch_sub(1, Relaxed);
+            return; // enough idle connections: this one closes
+        }
+        self.idle().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    async fn connect(&self) -> Result<h1::Conn, UpstreamError> {
         let connect = async {
             let addr = self.resolve().await?;
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(UpstreamError::new(Failure::Broken, e)),
-            Err(_) => {
-                return Err(UpstreamError::new(
-                    Failure::Timeout,
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
-                ))
-            }
-        };
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::classify)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => Ok(h1::Conn::new(s)),
+            Ok(Err(e)) => Err(UpstreamError::new(Failure::Broken, e)),
+            Err(_) => Err(UpstreamError::new(
+                Failure::Timeout,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
+            )),
+        }
     }
 
     async fn resolve(&self) -> std::io::Result<SocketAddr> {
@@ -321,8 +324,8 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_stay_with_the_worker_that_released_them() {
-        // An HTTP/1.1 handshake exchanges no bytes: a listener that only
-        // accepts is backend enough.
+        // Connections that carry no exchange: a listener that only accepts
+        // is backend enough.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let held = tokio::spawn(async move {
@@ -342,8 +345,8 @@ mod tests {
         }));
         for worker in [0, 1, 1] {
             set_worker(worker);
-            let sender = pool.connect().await.unwrap();
-            pool.lease(sender).release();
+            let conn = pool.connect().await.unwrap();
+            pool.put_back(conn);
         }
         let queued = |w: usize| pool.idle[w % pool.idle.len()].len();
         assert_eq!((queued(0), queued(1)), (1, 2));

@@ -1,0 +1,523 @@
+//! sluice's HTTP/1.1 client side: one exchange at a time on a connection
+//! the request's own task drives. hyper's client connection lives in a task
+//! of its own and passes the request, the response head and every body
+//! chunk across channels, which cost two task wake-ups per request and
+//! about 40 % of the proxy's user-space instructions. Here the request's
+//! task writes the request and reads the response head; the response body
+//! reads the socket itself whenever the downstream connection asks for
+//! more, and hands the connection back to the pool when it has ended.
+//!
+//! Only the client side is hand-written: it parses what sluice's own
+//! backends send (with httparse, which hyper uses too), never what clients
+//! send; requests from clients still go through hyper's server.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::chunked::Decoder;
+use super::Pool;
+use crate::body::{BoxError, RequestBody};
+
+/// Room the read buffer makes before each read.
+const READ_SIZE: usize = 8 * 1024;
+/// A response head larger than this is refused (hyper's default is ~400 KiB;
+/// nginx's `proxy_buffer_size` is 4 or 8 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields per response head.
+const MAX_HEADERS: usize = 128;
+
+/// An open HTTP/1.1 connection to a backend, between exchanges.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed; empty between exchanges.
+    buf: BytesMut,
+}
+
+/// Why an exchange failed, and whether the request may go to another
+/// connection.
+pub struct Failed {
+    pub error: BoxError,
+    /// The connection broke before a byte of the answer came, and the
+    /// request's body (if any) was never read: sending it again elsewhere
+    /// is safe for an idempotent request.
+    pub replayable: bool,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether a connection that sat idle is still usable: nothing may have
+    /// arrived on it, not even the backend's close. Asks the reactor first,
+    /// so a quiet socket costs no system call.
+    pub fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readiness can be left over from the last read; only the
+                // socket knows.
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends the request and reads the response head; the response body
+    /// reads the rest and returns the connection to `pool` when it ends.
+    pub async fn exchange(
+        mut self,
+        head: &[u8],
+        upload: &mut Option<Upload>,
+        method: &Method,
+        pool: &Arc<Pool>,
+    ) -> Result<Response<Body>, Failed> {
+        let mut written = 0;
+        let mut answered = false;
+        let parsed =
+            poll_fn(|cx| self.poll_exchange(cx, head, &mut written, upload, &mut answered)).await;
+        let (status, version_10, headers) = match parsed {
+            Ok(h) => h,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    replayable: !answered && upload.as_ref().is_none_or(|u| !u.started),
+                })
+            }
+        };
+        let framing = Framing::of(method, status, &headers).map_err(|e| Failed {
+            error: e.into(),
+            replayable: false,
+        })?;
+        let reuse = !version_10
+            && !framing.ends_at_close()
+            && !has_token(&headers, header::CONNECTION, "close");
+        let mut response = Response::new(Body {
+            conn: Some(self),
+            framing,
+            reuse,
+            upload: upload.take().filter(|u| !u.done).map(Box::new),
+            pool: pool.clone(),
+        });
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response.body_mut().release_if_done();
+        Ok(response)
+    }
+
+    /// Writes the head, drives the upload, and reads until a final
+    /// (non-1xx) response head has come.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        head: &[u8],
+        written: &mut usize,
+        upload: &mut Option<Upload>,
+        answered: &mut bool,
+    ) -> Poll<Result<(StatusCode, bool, HeaderMap), BoxError>> {
+        while *written < head.len() {
+            *written += ready!(Pin::new(&mut self.io).poll_write(cx, &head[*written..]))
+                .and_then(nonzero)?;
+        }
+        if let Some(u) = upload.as_mut().filter(|u| !u.done) {
+            if let Poll::Ready(Err(e)) = u.poll_send(&mut self.io, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        loop {
+            if !self.buf.is_empty() {
+                *answered = true;
+                if let Some(parsed) = parse_head(&mut self.buf)? {
+                    return Poll::Ready(Ok(parsed));
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Poll::Ready(Err("the backend's response head is too large".into()));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+                self.buf.reserve(READ_SIZE);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.buf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection before answering",
+                )
+                .into()));
+            }
+        }
+    }
+}
+
+/// A socket that takes no bytes is closed for writing.
+fn nonzero(n: usize) -> io::Result<usize> {
+    match n {
+        0 => Err(io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
+    }
+}
+
+/// A final response head: status, whether it spoke HTTP/1.0, fields.
+type Head = (StatusCode, bool, HeaderMap);
+
+/// Parses one response head off the front of `buf`, skipping interim
+/// (1xx) answers. `None`: incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
+    loop {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        )? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let code = parsed.code.expect("a complete head has a status");
+        if code == 101 {
+            return Err("the backend switched protocols; sluice does not tunnel upgrades".into());
+        }
+        if (100..200).contains(&code) {
+            buf.advance(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code)?;
+        let version_10 = parsed.version == Some(0);
+        // One copy of the head; every value is a shared slice of it.
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        let base = buf.as_ptr() as usize;
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        for field in parsed.headers.iter() {
+            let start = field.value.as_ptr() as usize - base;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(start..start + field.value.len()))?;
+            headers.append(HeaderName::from_bytes(field.name.as_bytes())?, value);
+        }
+        buf.advance(len);
+        return Ok(Some((status, version_10, headers)));
+    }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a response body is delimited (RFC 9112 6.3).
+#[derive(Debug)]
+enum Framing {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Decoder),
+    /// Until the backend closes the connection.
+    Close,
+}
+
+impl Framing {
+    fn of(
+        method: &Method,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<Framing, &'static str> {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Length(0));
+        }
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Chunked must come last; anything else runs to the close.
+            let last = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .rfind(|t| !t.trim_ascii().is_empty());
+            return Ok(match last {
+                Some(t) if t.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+                    Framing::Chunked(Decoder::default())
+                }
+                _ => Framing::Close,
+            });
+        }
+        let mut length = None;
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("the backend sent an invalid content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("the backend sent conflicting content-lengths");
+                }
+                length = Some(n);
+            }
+        }
+        Ok(length.map_or(Framing::Close, Framing::Length))
+    }
+
+    fn ends_at_close(&self) -> bool {
+        matches!(self, Framing::Close)
+    }
+}
+
+/// Encodes the request line and fields. The body's framing is decided
+/// here: a declared length is kept (hyper's server has already held the
+/// client to it), anything else streams chunked.
+pub fn encode_head(parts: &http::request::Parts, has_body: bool) -> (Vec<u8>, bool) {
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let chunked = has_body && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    (head, chunked)
+}
+
+/// The request body on its way to the backend, written as it arrives.
+pub struct Upload {
+    body: RequestBody,
+    chunked: bool,
+    /// Bytes of the current frame (and its chunk framing) not yet written.
+    out: [Bytes; 3],
+    /// Read at least once: from then on, the request cannot be sent again.
+    started: bool,
+    /// Every byte, and the last chunk, has been written.
+    done: bool,
+}
+
+impl Upload {
+    pub fn new(body: RequestBody, chunked: bool) -> Self {
+        Upload {
+            body,
+            chunked,
+            out: Default::default(),
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Writes what the client has sent so far; ready when all of it is out.
+    fn poll_send(
+        &mut self,
+        io: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        loop {
+            for part in &mut self.out {
+                while !part.is_empty() {
+                    let n = ready!(Pin::new(&mut *io).poll_write(cx, part)).and_then(nonzero)?;
+                    part.advance(n);
+                }
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            self.started = true;
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers do not cross to an HTTP/1.1 backend.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        self.out = [
+                            Bytes::from(format!("{:x}\r\n", data.len())),
+                            data,
+                            Bytes::from_static(b"\r\n"),
+                        ];
+                    } else {
+                        self.out[1] = data;
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {
+                    self.done = true;
+                    if self.chunked {
+                        self.out[0] = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A response body read straight off the backend's connection.
+pub struct Body {
+    /// `None` once the body has ended (the connection went back to the
+    /// pool or closed).
+    conn: Option<Conn>,
+    framing: Framing,
+    /// The connection may carry another exchange once this one ends.
+    reuse: bool,
+    /// The rest of a request body the backend answered before it ended
+    /// (boxed: rare, and large beside the rest).
+    upload: Option<Box<Upload>>,
+    pool: Arc<Pool>,
+}
+
+impl Body {
+    fn is_done(&self) -> bool {
+        match &self.framing {
+            Framing::Length(n) => *n == 0,
+            Framing::Chunked(d) => d.is_done(),
+            Framing::Close => false,
+        }
+    }
+
+    /// Gives the connection back once the exchange is complete: the body
+    /// read to its end, the request body written to its end, and nothing
+    /// extra sent (bytes beyond the response would be read as the next
+    /// client's answer).
+    fn release_if_done(&mut self) {
+        if !self.is_done() {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            if self.reuse && conn.buf.is_empty() && self.upload.as_ref().is_none_or(|u| u.done) {
+                self.pool.put_back(conn);
+            }
+        }
+        self.upload = None;
+    }
+
+    /// The next piece of body already read, if any.
+    fn next_buffered(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        Ok(match &mut self.framing {
+            Framing::Length(left) if *left > 0 && !buf.is_empty() => {
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Some(buf.split_to(n).freeze())
+            }
+            Framing::Chunked(d) => d.decode(buf)?,
+            Framing::Close if !buf.is_empty() => Some(buf.split().freeze()),
+            _ => None,
+        })
+    }
+
+    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.upload = None;
+        Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(u) = this.upload.as_mut().filter(|u| !u.done) {
+            if let Poll::Ready(Err(e)) = u.poll_send(&mut conn.io, cx) {
+                // The client's upload broke off: the backend has answered,
+                // so the answer still goes out, on a connection that closes.
+                tracing::debug!(error = %e, "request body broke off after the answer began");
+                this.reuse = false;
+                this.upload = None;
+            }
+        }
+        loop {
+            match this.next_buffered() {
+                Ok(Some(data)) => {
+                    // The last bytes hand the connection back before they
+                    // go out: the server stops asking once the length is
+                    // reached.
+                    this.release_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if this.is_done() => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(e) => return this.fail(e),
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
+                conn.buf.reserve(READ_SIZE);
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            )) {
+                Ok(0) if this.framing.ends_at_close() => {
+                    this.conn = None;
+                    this.upload = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection in the middle of a body",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.conn, &self.framing) {
+            (None, _) => SizeHint::with_exact(0),
+            (_, Framing::Length(n)) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+}
