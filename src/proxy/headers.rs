@@ -54,32 +54,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
-/// `overwrite` discards what the client claimed (an edge facing the internet).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    proto: &HeaderValue,
-    overwrite: bool,
-) {
-    if overwrite {
-        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-        return;
-    }
-    let mut chain = headers.get_all(&X_FORWARDED_FOR).iter();
-    let joined = match (chain.next(), chain.next()) {
-        (None, _) => peer.clone(),
-        (Some(first), None) => join(&[first.as_bytes()], peer),
-        (Some(first), Some(second)) => {
-            let mut parts = vec![first.as_bytes(), second.as_bytes()];
-            parts.extend(chain.map(|v| v.as_bytes()));
-            join(&parts, peer)
+/// What `x-forwarded-for` and `x-forwarded-proto` become on the way
+/// upstream. Computed without touching the request's header map: an
+/// HTTP/1.1 backend gets them written straight into the request head (two
+/// inserts would grow a map hyper sized for the client's fields, which cost
+/// 7 % of a request's instructions); an HTTP/2 backend gets them inserted.
+#[derive(Debug, Clone)]
+pub struct ForwardedFields {
+    /// The whole `x-forwarded-for` chain, replacing the client's fields.
+    pub xff: HeaderValue,
+    /// `x-forwarded-proto` when sluice sets it; `None` keeps the client's.
+    pub xfp: Option<HeaderValue>,
+}
+
+impl ForwardedFields {
+    /// Adds the peer to the client's `x-forwarded-for` chain and sets
+    /// `x-forwarded-proto` unless the client did; `overwrite` discards what
+    /// the client claimed (an edge facing the internet).
+    pub fn new(
+        headers: &HeaderMap,
+        peer: &HeaderValue,
+        proto: &HeaderValue,
+        overwrite: bool,
+    ) -> Self {
+        if overwrite {
+            return ForwardedFields {
+                xff: peer.clone(),
+                xfp: Some(proto.clone()),
+            };
         }
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), joined);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        let mut chain = headers.get_all(&X_FORWARDED_FOR).iter();
+        let xff = match (chain.next(), chain.next()) {
+            (None, _) => peer.clone(),
+            (Some(first), None) => join(&[first.as_bytes()], peer),
+            (Some(first), Some(second)) => {
+                let mut parts = vec![first.as_bytes(), second.as_bytes()];
+                parts.extend(chain.map(|v| v.as_bytes()));
+                join(&parts, peer)
+            }
+        };
+        let xfp = (!headers.contains_key(&X_FORWARDED_PROTO)).then(|| proto.clone());
+        ForwardedFields { xff, xfp }
+    }
+
+    /// Whether the client's own field named `name` gives way to these.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR || (self.xfp.is_some() && name == X_FORWARDED_PROTO)
+    }
+
+    /// Puts the fields into a header map.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR.clone(), self.xff);
+        if let Some(xfp) = self.xfp {
+            headers.insert(X_FORWARDED_PROTO.clone(), xfp);
+        }
     }
 }
 
@@ -127,10 +155,17 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let mut appended = h.clone();
-        set_forwarded(&mut appended, &peer, &proto, false);
+        let fields = ForwardedFields::new(&appended, &peer, &proto, false);
+        assert!(
+            !fields.replaces(&X_FORWARDED_PROTO),
+            "the client's proto stays"
+        );
+        fields.insert_into(&mut appended);
         assert_eq!(appended[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(appended[&X_FORWARDED_PROTO], "https");
-        set_forwarded(&mut h, &peer, &proto, true);
+        let fields = ForwardedFields::new(&h, &peer, &proto, true);
+        assert!(fields.replaces(&X_FORWARDED_PROTO));
+        fields.insert_into(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
     }

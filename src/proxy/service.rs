@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
 use super::conn::{BodyOpen, ConnState};
-use super::headers;
+use super::headers::{self, ForwardedFields};
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
@@ -151,18 +151,17 @@ impl ProxyService {
             }
         }
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(
-            &mut parts.headers,
+        let forwarded = ForwardedFields::new(
+            &parts.headers,
             &self.peer,
             &self.proto,
             table.config.forwarded == Forwarded::Overwrite,
         );
         // HTTP/1.1 backends get the origin form (`/path?query`), as from
         // any proxy; HTTP/2 needs the scheme and authority as well.
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
+        let pq = std::mem::take(&mut parts.uri)
+            .into_parts()
+            .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = if upstream_h2 {
             Uri::builder()
@@ -198,7 +197,8 @@ impl ProxyService {
         let progress = body.progress();
         let upstream_req = Request::from_parts(parts, body);
 
-        let result = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
+        let result =
+            tokio::time::timeout(route.timeout, backend.pool.send(upstream_req, forwarded)).await;
         let latency = started.elapsed();
         match result {
             Ok(Ok(response)) => {

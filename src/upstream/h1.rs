@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use super::chunked::Decoder;
 use super::Pool;
 use crate::body::{BoxError, RequestBody};
+use crate::proxy::headers::ForwardedFields;
 
 /// Room the read buffer makes before each read.
 const READ_SIZE: usize = 8 * 1024;
@@ -41,6 +42,9 @@ pub struct Conn {
     io: TcpStream,
     /// Bytes read and not yet consumed; empty between exchanges.
     buf: BytesMut,
+    /// Where each request head is encoded, kept from one exchange to the
+    /// next.
+    head: Vec<u8>,
 }
 
 /// Why an exchange failed, and whether the request may go to another
@@ -58,6 +62,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            head: Vec::new(),
         }
     }
 
@@ -82,15 +87,25 @@ impl Conn {
     /// reads the rest and returns the connection to `pool` when it ends.
     pub async fn exchange(
         mut self,
-        head: &[u8],
+        request: &http::request::Parts,
+        forwarded: &ForwardedFields,
         upload: &mut Option<Upload>,
-        method: &Method,
         pool: &Arc<Pool>,
     ) -> Result<Response<Body>, Failed> {
+        let mut head = std::mem::take(&mut self.head);
+        head.clear();
+        encode_head(
+            &mut head,
+            request,
+            forwarded,
+            upload.as_ref().is_some_and(|u| u.chunked),
+        );
         let mut written = 0;
         let mut answered = false;
         let parsed =
-            poll_fn(|cx| self.poll_exchange(cx, head, &mut written, upload, &mut answered)).await;
+            poll_fn(|cx| self.poll_exchange(cx, &head, &mut written, upload, &mut answered)).await;
+        self.head = head;
+        let method = &request.method;
         let (status, version_10, headers) = match parsed {
             Ok(h) => h,
             Err(error) => {
@@ -285,28 +300,45 @@ impl Framing {
     }
 }
 
-/// Encodes the request line and fields. The body's framing is decided
-/// here: a declared length is kept (hyper's server has already held the
-/// client to it), anything else streams chunked.
-pub fn encode_head(parts: &http::request::Parts, has_body: bool) -> (Vec<u8>, bool) {
+/// Whether a request body goes chunked: a declared length is kept
+/// (hyper's server has already held the client to it), anything else
+/// streams chunked.
+pub fn chunked(headers: &HeaderMap, has_body: bool) -> bool {
+    has_body && !headers.contains_key(header::CONTENT_LENGTH)
+}
+
+/// Encodes the request line and fields, the forwarding fields written in
+/// place of the client's.
+fn encode_head(
+    head: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    forwarded: &ForwardedFields,
+    chunked: bool,
+) {
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut head = Vec::with_capacity(256);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
+    let mut field = |name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in &parts.headers {
+        if !forwarded.replaces(name) {
+            field(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
-    let chunked = has_body && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    field(b"x-forwarded-for", forwarded.xff.as_bytes());
+    if let Some(xfp) = &forwarded.xfp {
+        field(b"x-forwarded-proto", xfp.as_bytes());
+    }
     if chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        field(b"transfer-encoding", b"chunked");
     }
     head.extend_from_slice(b"\r\n");
-    (head, chunked)
 }
 
 /// The request body on its way to the backend, written as it arrives.

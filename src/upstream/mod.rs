@@ -38,6 +38,7 @@ use std::task::{Context, Poll};
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
+use crate::proxy::headers::ForwardedFields;
 
 /// Idle connections kept per backend (nginx's `keepalive` in the benchmark
 /// peers is 512 too); more are closed when returned.
@@ -219,9 +220,11 @@ impl Pool {
     /// the pool when the response body has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
+        forwarded: ForwardedFields,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(client) = &self.h2 {
+            forwarded.insert_into(req.headers_mut());
             return client
                 .request(req)
                 .await
@@ -230,14 +233,14 @@ impl Pool {
         }
         let (parts, body) = req.into_parts();
         let has_body = !body.is_end_stream();
-        let (head, chunked) = h1::encode_head(&parts, has_body);
+        let chunked = h1::chunked(&parts.headers, has_body);
         let mut upload = has_body.then(|| h1::Upload::new(body, chunked));
         loop {
             let (conn, pooled) = match self.checkout() {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            match conn.exchange(&head, &mut upload, &parts.method, self).await {
+            match conn.exchange(&parts, &forwarded, &mut upload, self).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::H1)),
                 // A pooled connection the backend closed as it was taken:
                 // nothing was answered or consumed, so an idempotent
