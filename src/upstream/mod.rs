@@ -20,7 +20,7 @@ pub mod h1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -40,8 +40,9 @@ use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
 use crate::proxy::headers::ForwardedFields;
 
-/// Idle connections kept per backend (nginx's `keepalive` in the benchmark
-/// peers is 512 too); more are closed when returned.
+/// Idle connections kept per backend, shared out evenly among the workers
+/// (nginx's `keepalive` in the benchmark peers is 512 too); more are closed
+/// when returned.
 const MAX_IDLE: usize = 512;
 
 /// How many workers pools keep idle connections apart for (the most any
@@ -82,21 +83,21 @@ pub struct Pool {
     /// idle, so a table of thousands of backends costs nothing until they
     /// carry traffic.
     idle: Box<[SegQueue<Idle>]>,
-    /// Idle connections in all queues together.
-    idle_len: AtomicUsize,
     h2: Option<Client<HttpConnector, RequestBody>>,
 }
 
 struct Idle {
     conn: h1::Conn,
-    since: Instant,
+    /// When it went idle, on the coarse clock (a system call per request
+    /// saved; the idle timeout is seconds long).
+    since_ms: u64,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("origin", &self.origin)
-            .field("idle", &self.idle_len.load(Relaxed))
+            .field("idle", &self.idle.iter().map(SegQueue::len).sum::<usize>())
             .finish()
     }
 }
@@ -211,7 +212,6 @@ impl Pool {
             idle: (0..WORKERS.load(Relaxed))
                 .map(|_| SegQueue::new())
                 .collect(),
-            idle_len: AtomicUsize::new(0),
             h2,
         }
     }
@@ -262,8 +262,8 @@ impl Pool {
     /// An idle connection that is still fresh and open, if any.
     fn checkout(&self) -> Option<h1::Conn> {
         while let Some(idle) = self.idle().pop() {
-            self.idle_len.fetch_sub(1, Relaxed);
-            if idle.since.elapsed() < self.idle_timeout && idle.conn.is_usable() {
+            let idle_ms = crate::clock::coarse_ms().saturating_sub(idle.since_ms);
+            if idle_ms < self.idle_timeout.as_millis() as u64 && idle.conn.is_usable() {
                 return Some(idle.conn);
             }
         }
@@ -272,13 +272,15 @@ impl Pool {
 
     /// Keeps a connection whose exchange has completed for the next one.
     fn put_back(&self, conn: h1::Conn) {
-        if self.idle_len.fetch_add(1, Relaxed) >= MAX_IDLE {
-            self.idle_len.fetch_sub(1, Relaxed);
+        // Counted per worker: a count shared by the workers would bounce
+        // its cache line between cores on every request.
+        let idle = self.idle();
+        if idle.len() >= MAX_IDLE.div_ceil(self.idle.len()) {
             return; // enough idle connections: this one closes
         }
-        self.idle().push(Idle {
+        idle.push(Idle {
             conn,
-            since: Instant::now(),
+            since_ms: crate::clock::coarse_ms(),
         });
     }
 
