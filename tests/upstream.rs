@@ -301,10 +301,15 @@ async fn malformed_answers_give_502() {
         ),
         Answer::SendAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
         Answer::SendAndClose(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"),
+        // A coding the client would get unlabelled, and chunking in 1.0.
+        Answer::SendAndClose(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx"),
+        Answer::SendAndClose(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
+        // A bare LF where the chunked body should end.
+        Answer::SendAndClose(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\n"),
     ])
     .await;
     let p = start_proxy(&proxy_to(&b)).await;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
         let r = exchange(&mut s, GET).await;
         assert!(r.starts_with("HTTP/1.1 502"), "{r}");
@@ -330,6 +335,67 @@ async fn malformed_answers_give_502() {
     assert_eq!(n, 0, "and the connection closes");
     p.shutdown().await;
     p2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_beside_chunking_never_reaches_the_client() {
+    let b = Scripted::start(vec![
+        Answer::Send(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ]),
+        Answer::Send(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+    ])
+    .await;
+    let p = start_proxy(&proxy_to(&b)).await;
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    let r = exchange(&mut s, GET).await;
+    assert!(!r.contains("content-length: 3"), "{r}");
+    assert_eq!(body_of(&r), "hello");
+    assert_eq!(body_of(&exchange(&mut s, GET).await), "ok");
+    let conns: Vec<usize> = b.seen().iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        conns,
+        [1, 2],
+        "a backend that framed it both ways is not trusted again"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chunked_upload_arrives_whole() {
+    // Large enough that writes to the backend wait for room along the way.
+    let b = Backend::start("b").await;
+    let p = start_proxy(&route_yaml("", &[("b", b.url(), 1)])).await;
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    let (mut recv, send) = s.split();
+    let writer = async move {
+        let mut send = send;
+        send.write_all(b"POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 65_536];
+        for _ in 0..64 {
+            send.write_all(b"10000\r\n").await.unwrap();
+            send.write_all(&chunk).await.unwrap();
+            send.write_all(b"\r\n").await.unwrap();
+        }
+        send.write_all(b"0\r\n\r\n").await.unwrap();
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("b 4194304") {
+            let n = recv.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("the whole upload is answered");
+    p.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,8 +24,10 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     TrailerStart,
-    /// Inside a trailer field, skipped up to its LF.
+    /// Inside a trailer field, skipped up to its CR.
     TrailerLine,
+    /// Expecting the LF that ends a trailer field.
+    TrailerLf,
     /// Expecting the LF of the final empty line.
     EndLf,
     Done,
@@ -92,8 +94,12 @@ impl Decoder {
                 (State::DataCr, b'\r') => State::DataLf,
                 (State::DataLf, b'\n') => State::Size { digits: 0 },
                 (State::TrailerStart, b'\r') => State::EndLf,
-                (State::TrailerStart | State::TrailerLine, b'\n') => State::TrailerStart,
+                (State::TrailerStart | State::TrailerLine, b'\n') => {
+                    return Err(Malformed("bare LF in the trailer section"))
+                }
+                (State::TrailerLine, b'\r') => State::TrailerLf,
                 (State::TrailerStart | State::TrailerLine, _) => State::TrailerLine,
+                (State::TrailerLf, b'\n') => State::TrailerStart,
                 (State::EndLf, b'\n') => {
                     self.state = State::Done;
                     return Ok(None);
@@ -153,6 +159,8 @@ mod tests {
             b"5\nhello\r\n",
             b"11111111111111111\r\n",
             b"5;ext\n",
+            b"0\r\n\n",
+            b"0\r\nx-t: 1\n\r\n",
         ] {
             assert!(decode_in_steps(bad, bad.len()).is_err(), "{bad:?}");
         }

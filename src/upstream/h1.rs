@@ -115,11 +115,18 @@ impl Conn {
                 })
             }
         };
-        let framing = Framing::of(method, status, &headers).map_err(|e| Failed {
+        let mut headers = headers;
+        let framing = Framing::of(method, status, version_10, &headers).map_err(|e| Failed {
             error: e.into(),
             replayable: false,
         })?;
+        // A length beside a transfer coding is a smuggling attempt or a
+        // broken backend: the coding wins, the length must not reach the
+        // client (RFC 9112 6.3), and the connection is not trusted again.
+        let conflicting = headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.remove(header::CONTENT_LENGTH).is_some();
         let reuse = !version_10
+            && !conflicting
             && !framing.ends_at_close()
             && !has_token(&headers, header::CONNECTION, "close");
         let mut response = Response::new(Body {
@@ -256,6 +263,7 @@ impl Framing {
     fn of(
         method: &Method,
         status: StatusCode,
+        version_10: bool,
         headers: &HeaderMap,
     ) -> Result<Framing, &'static str> {
         if method == Method::HEAD
@@ -265,18 +273,23 @@ impl Framing {
             return Ok(Framing::Length(0));
         }
         if headers.contains_key(header::TRANSFER_ENCODING) {
-            // Chunked must come last; anything else runs to the close.
-            let last = headers
+            if version_10 {
+                return Err("the backend sent transfer-encoding in an HTTP/1.0 response");
+            }
+            // Only `chunked` alone: the field does not cross the proxy, so
+            // a body in any other coding would reach the client unlabelled.
+            let mut codings = headers
                 .get_all(header::TRANSFER_ENCODING)
                 .iter()
                 .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .rfind(|t| !t.trim_ascii().is_empty());
-            return Ok(match last {
-                Some(t) if t.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
-                    Framing::Chunked(Decoder::default())
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty());
+            return match (codings.next(), codings.next()) {
+                (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => {
+                    Ok(Framing::Chunked(Decoder::default()))
                 }
-                _ => Framing::Close,
-            });
+                _ => Err("the backend sent a transfer coding other than chunked"),
+            };
         }
         let mut length = None;
         for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -349,6 +362,8 @@ pub struct Upload {
     out: [Bytes; 3],
     /// Read at least once: from then on, the request cannot be sent again.
     started: bool,
+    /// The client's body has ended; what is left in `out` is the last of it.
+    eof: bool,
     /// Every byte, and the last chunk, has been written.
     done: bool,
 }
@@ -360,6 +375,7 @@ impl Upload {
             chunked,
             out: Default::default(),
             started: false,
+            eof: false,
             done: false,
         }
     }
@@ -377,7 +393,10 @@ impl Upload {
                     part.advance(n);
                 }
             }
-            if self.done {
+            // Done only once the last chunk is out too: a final write that
+            // waits must be retried, not forgotten.
+            if self.eof {
+                self.done = true;
                 return Poll::Ready(Ok(()));
             }
             self.started = true;
@@ -402,7 +421,7 @@ impl Upload {
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => {
-                    self.done = true;
+                    self.eof = true;
                     if self.chunked {
                         self.out[0] = Bytes::from_static(b"0\r\n\r\n");
                     }
