@@ -60,8 +60,9 @@ impl Decoder {
 
     /// Consumes framing from `buf` and returns the next piece of body data,
     /// `None` when `buf` holds no more (read more, unless done).
+    /// Once done, it takes nothing more: what follows is not this body's.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
-        while !buf.is_empty() {
+        while !buf.is_empty() && self.state != State::Done {
             if self.state == State::Data {
                 let n = buf
                     .len()
@@ -104,7 +105,6 @@ impl Decoder {
                     self.state = State::Done;
                     return Ok(None);
                 }
-                (State::Done, _) => return Ok(None),
                 _ => return Err(Malformed("CRLF expected")),
             };
         }
@@ -148,6 +148,8 @@ mod tests {
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         assert!(d.is_done());
         assert_eq!(&buf[..], b"HTTP/1.1 200");
+        assert_eq!(d.decode(&mut buf).unwrap(), None, "asked again");
+        assert_eq!(&buf[..], b"HTTP/1.1 200", "nothing more is taken");
     }
 
     #[test]

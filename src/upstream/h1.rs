@@ -151,7 +151,7 @@ impl Conn {
         written: &mut usize,
         upload: &mut Option<Upload>,
         answered: &mut bool,
-    ) -> Poll<Result<(StatusCode, bool, HeaderMap), BoxError>> {
+    ) -> Poll<Result<Head, BoxError>> {
         while *written < head.len() {
             *written += ready!(Pin::new(&mut self.io).poll_write(cx, &head[*written..]))
                 .and_then(nonzero)?;
@@ -171,15 +171,7 @@ impl Conn {
                     return Poll::Ready(Err("the backend's response head is too large".into()));
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                self.buf.reserve(READ_SIZE);
-            }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.buf
-            ))?;
-            if n == 0 {
+            if ready!(self.poll_fill(cx))? == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the backend closed the connection before answering",
@@ -187,6 +179,16 @@ impl Conn {
                 .into()));
             }
         }
+    }
+
+    /// Reads what has arrived onto the end of `buf`; 0 at the backend's
+    /// close. Room is made only when little is left, so a buffer whose
+    /// bytes have all been handed on is reused in place.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
@@ -535,14 +537,7 @@ impl http_body::Body for Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
-                conn.buf.reserve(READ_SIZE);
-            }
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut conn.io),
-                cx,
-                &mut conn.buf
-            )) {
+            match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.framing.ends_at_close() => {
                     this.conn = None;
                     this.upload = None;

@@ -25,16 +25,14 @@ use std::time::Duration;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
@@ -102,40 +100,9 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A backend's response body, from either kind of pool.
-pub enum UpstreamBody {
-    H1(h1::Body),
-    H2(Incoming),
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// A backend's response body, from either kind of pool: sluice's own
+/// HTTP/1.1 body or hyper's HTTP/2 one.
+pub type UpstreamBody = Either<h1::Body, Incoming>;
 
 /// Why a backend gave no usable response; decides 502 versus 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +195,7 @@ impl Pool {
             return client
                 .request(req)
                 .await
-                .map(|r| r.map(UpstreamBody::H2))
+                .map(|r| r.map(Either::Right))
                 .map_err(UpstreamError::classify);
         }
         let (parts, body) = req.into_parts();
@@ -241,7 +208,7 @@ impl Pool {
                 None => (self.connect().await?, false),
             };
             match conn.exchange(&parts, &forwarded, &mut upload, self).await {
-                Ok(response) => return Ok(response.map(UpstreamBody::H1)),
+                Ok(response) => return Ok(response.map(Either::Left)),
                 // A pooled connection the backend closed as it was taken:
                 // nothing was answered or consumed, so an idempotent
                 // request goes again (nginx's proxy_next_upstream does the
