@@ -4,16 +4,18 @@
 # path can be judged by a count instead of a noisy throughput figure.
 # sluice (normal features on: two weighted backends, sticky header, stats,
 # Prometheus) serves N keep-alive HTTP/1.1 requests from h2load (16
-# connections); counting starts after a warm-up of 2 000 requests.
+# connections); counting starts after a warm-up of 2 000 requests. H2=1
+# counts HTTP/2 from the client instead (16 connections x 10 streams).
 #
 #   benches/instructions.sh                 # N=20000, BIN=target/release/sluice
+#   H2=1 benches/instructions.sh
 #   BIN=/path/to/other/sluice benches/instructions.sh
 #
 # Keeps the profile (callgrind_annotate it to see where the instructions go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
-N=${N:-20000}; PORT=18480; BPORT=19400; APORT=19904
+N=${N:-20000}; H2=${H2:-0}; PORT=18480; BPORT=19400; APORT=19904
 OUT=${OUT:-target/bench-instructions/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 need valgrind valgrind; need h2load nghttp2-client; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
@@ -24,9 +26,10 @@ wait_port "$BPORT"
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
   "$BIN" run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & VG=$!; PIDS+=("$VG")
 wait_port "$PORT"
-taskset -c 1 h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$PORT/" >/dev/null
+proto=(--h1); [ "$H2" = 1 ] && proto=(-m 10)
+taskset -c 1 h2load "${proto[@]}" -n 2000 -c 16 "http://127.0.0.1:$PORT/" >/dev/null
 callgrind_control -z "$VG" >/dev/null
-taskset -c 1 h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$PORT/" | grep -E "^requests:"
+taskset -c 1 h2load "${proto[@]}" -n "$N" -c 16 "http://127.0.0.1:$PORT/" | grep -E "^requests:"
 callgrind_control -d "$VG" >/dev/null
 total=$(awk '/^totals:/{print $2}' "$OUT/callgrind.out.1")
 echo "$total instructions for $N requests: $((total / N)) per proxied request ($BIN)" | tee "$OUT/summary.txt"

@@ -232,8 +232,14 @@ impl ControlPlane {
                 Some(i) => {
                     let route =
                         config::revalidate_route(&doc.routes[i], i).map_err(Rejection::Invalid)?;
+                    // Only weights change here, so the routes with rollout
+                    // plans (and their fingerprints) are shared as they are.
+                    debug_assert_eq!(
+                        config::plan::fingerprint(&doc.routes[i]),
+                        config::plan::fingerprint(&current.config.document.routes[i])
+                    );
                     let mut cfg = (*current.config).clone();
-                    cfg.routes[i] = Arc::new(route);
+                    *cfg.routes.get_mut(i).expect("the route's index") = Arc::new(route);
                     cfg.document = Arc::new(doc);
                     Ok(cfg)
                 }
@@ -342,15 +348,18 @@ impl ControlPlane {
         // Routes under a rollout keep the controller's weights across
         // reloads and restores, as long as the rollout is the same one.
         if matches!(change, Change::Replace(_)) {
-            for r in &mut doc.routes {
+            for i in 0..doc.routes.len() {
+                let r = &doc.routes[i];
                 let Some(fp) = config::plan::fingerprint(r) else {
                     continue;
                 };
-                if let Some((known, weights)) = w.rollout_weights.get(&r.name) {
-                    if *known == fp {
-                        for b in &mut Arc::make_mut(r).backends {
-                            b.weight = weights.get(&b.name).copied().unwrap_or(0);
-                        }
+                let Some((known, weights)) = w.rollout_weights.get(&r.name) else {
+                    continue;
+                };
+                if *known == fp {
+                    let r = Arc::make_mut(doc.routes.get_mut(i).expect("in range"));
+                    for b in &mut r.backends {
+                        b.weight = weights.get(&b.name).copied().unwrap_or(0);
                     }
                 }
             }

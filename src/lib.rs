@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reload;
 pub mod rollout;
 pub mod server;
+pub mod shared_vec;
 pub mod split;
 pub mod state;
 pub mod stats;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Config, HostMatch, RouteConfig, StickyKey};
+use crate::shared_vec::SharedVec;
 use crate::split::{self, Split};
 use crate::stats::prom::Metrics;
 use crate::stats::BackendStats;
@@ -23,7 +24,8 @@ use crate::upstream::{Pool, PoolKey};
 pub struct Table {
     pub version: u64,
     pub config: Arc<Config>,
-    pub routes: Box<[Arc<Route>]>,
+    /// Shared with the table this one replaced, all but a changed route.
+    pub routes: SharedVec<Arc<Route>>,
     router: Arc<Router>,
 }
 
@@ -111,7 +113,7 @@ struct Router {
 }
 
 impl Router {
-    fn new(routes: &[Arc<Route>]) -> Self {
+    fn new(routes: &SharedVec<Arc<Route>>) -> Self {
         let mut r = Router::default();
         for (i, route) in routes.iter().enumerate() {
             match &route.host {
@@ -185,7 +187,7 @@ impl Registry {
     pub fn compile(&mut self, config: Arc<Config>, version: u64) -> Table {
         let mut pools = HashMap::new();
         let mut stats = HashMap::new();
-        let routes: Box<[Arc<Route>]> = config
+        let routes: SharedVec<Arc<Route>> = config
             .routes
             .iter()
             .map(|r| Arc::new(self.compile_route(r, &config, &mut pools, &mut stats)))
@@ -223,12 +225,12 @@ impl Registry {
         let route = self.compile_route(&config.routes[index], &config, &mut pools, &mut stats);
         self.pools.extend(pools);
         self.stats.extend(stats);
-        let mut routes: Vec<Arc<Route>> = previous.routes.to_vec();
-        routes[index] = Arc::new(route);
+        let mut routes = previous.routes.clone();
+        *routes.get_mut(index).expect("the route's index") = Arc::new(route);
         Table {
             version,
             config,
-            routes: routes.into_boxed_slice(),
+            routes,
             router: previous.router.clone(),
         }
     }

@@ -147,10 +147,15 @@ pub struct Config {
     pub forwarded: Forwarded,
     /// Shared, so that a change to one route leaves the others' compiled
     /// forms alone.
-    pub routes: Vec<Arc<RouteConfig>>,
+    pub routes: crate::shared_vec::SharedVec<Arc<RouteConfig>>,
     /// Position of each route by name (in `routes` and in the document's
     /// routes alike): a change to one route of ten thousand finds it at once.
     pub by_name: Arc<std::collections::HashMap<Arc<str>, usize>>,
+    /// The routes with a rollout plan, each with its canary's fingerprint (a
+    /// new one starts the rollout over). Known here, so that rollout
+    /// controllers need not look through ten thousand routes after every
+    /// change; a change of weights cannot change it, and shares it.
+    pub fingerprints: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,9 +23,9 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<String>,
     /// Shared, so a change to one route of a large table copies that route
-    /// alone, not all of them.
+    /// (and its chunk) alone, not all of them.
     #[serde(default)]
-    pub routes: Vec<std::sync::Arc<Route>>,
+    pub routes: crate::shared_vec::SharedVec<std::sync::Arc<Route>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -116,6 +116,12 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
     if !p.is_empty() {
         return Err(Problems(p));
     }
+    let routes: crate::shared_vec::SharedVec<_> = routes.into();
+    let fingerprints = document
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), super::plan::fingerprint(r)?)))
+        .collect();
     let by_name = routes
         .iter()
         .enumerate()
@@ -130,6 +136,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         forwarded,
         routes,
         by_name: Arc::new(by_name),
+        fingerprints: Arc::new(fingerprints),
     })
 }
 

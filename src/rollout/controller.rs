@@ -16,7 +16,7 @@ use super::decide::{decide, Decision, Judgement};
 use super::gates::{self, Evidence, GateResult, Verdict};
 use super::state::{Incident, Phase, Progress, RolloutState, SmokeResult};
 use super::{prometheus, report, smoke};
-use crate::config::plan::{self, GateKind, Plan};
+use crate::config::plan::{GateKind, Plan};
 use crate::control::{Change, ControlPlane, Rejection};
 use crate::stats::Snapshot;
 use crate::table::Table;
@@ -151,12 +151,7 @@ impl Rollouts {
     pub fn reconcile(self: &Arc<Self>) {
         let table = self.control.current();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wanted = HashMap::new();
-        for r in &table.config.document.routes {
-            if let Some(fp) = plan::fingerprint(r) {
-                wanted.insert(r.name.clone(), fp);
-            }
-        }
+        let wanted = &table.config.fingerprints;
         routes.retain(|name, c| {
             let keep = wanted.get(name) == Some(&c.fingerprint);
             if !keep {
@@ -176,12 +171,12 @@ impl Rollouts {
             }
             keep
         });
-        for (name, fp) in wanted {
-            if routes.contains_key(&name) {
+        for (name, fp) in wanted.iter() {
+            if routes.contains_key(name) {
                 continue;
             }
-            let c = self.start_controller(&table, &name, fp);
-            routes.insert(name, c);
+            let c = self.start_controller(&table, name, fp.clone());
+            routes.insert(name.clone(), c);
         }
     }
 
