@@ -4,6 +4,10 @@
 # pinned the same way: the system under test on CPU 0, wrk (or h2load) and
 # the backend on CPU 1. Reports req/s, p50/p99, CPU µs per request of the
 # proxy process and the ratios to nginx and haproxy (medians over REPS).
+# Each round starts one target later than the one before: the target run
+# first in a round was measured up to 20 % slower, whichever it was (seen
+# with sluice and sluice minimal swapped), so with as many rounds as targets
+# each takes every place once.
 # With BOTH=1 (default) each round also runs `h1-2cores`: nothing pinned,
 # two proxy workers (sluice's default on two cores, nginx worker_processes 2,
 # haproxy nbthread 2) sharing both cores with wrk (2 threads) and the backend.
@@ -146,9 +150,12 @@ run() {  # run REP PROTO CONNS TARGET
   echo "$rep,$proto,$c,$t,$line,$((t1 - t0)),$(getconf CLK_TCK)" | tee -a "$OUT/results.csv"
 }
 
+read -ra ALL <<<"$TARGETS"
 for rep in $(seq "$REPS"); do
-  for c in $CONNS; do for t in $TARGETS; do run "$rep" h1 "$c" "$t"; done; done
-  if [ "$H2" = 1 ]; then for t in $TARGETS; do run "$rep" h2 64 "$t"; done; fi
-  if [ "$BOTH" = 1 ]; then for t in $TARGETS; do run "$rep" h1-2cores 256 "$t"; done; fi
+  k=$(( (rep - 1) % ${#ALL[@]} ))
+  ORDER="${ALL[*]:k} ${ALL[*]:0:k}"
+  for c in $CONNS; do for t in $ORDER; do run "$rep" h1 "$c" "$t"; done; done
+  if [ "$H2" = 1 ]; then for t in $ORDER; do run "$rep" h2 64 "$t"; done; fi
+  if [ "$BOTH" = 1 ]; then for t in $ORDER; do run "$rep" h1-2cores 256 "$t"; done; fi
 done
 python3 benches/summarize.py "$OUT/results.csv" | tee "$OUT/summary.md"

@@ -103,6 +103,9 @@ async fn h2c_from_clients_and_to_backends() {
         // authority and path to HTTP/2.
         let target = |b: &Backend| b.state.last_target.lock().unwrap().clone().unwrap();
         assert_eq!(target(&h1), "/?a=1");
+        // An HTTP/2 client's :authority reaches an HTTP/1.1 backend as host.
+        let host = h1.state.last_headers.lock().unwrap().clone().unwrap()["host"].clone();
+        assert_eq!(host, p.proxy_addr().to_string().as_str());
         assert_eq!(target(&h2), format!("http://{}/grpc/x?a=1", h2.addr));
     }
     p.shutdown().await;

@@ -54,17 +54,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// What `x-forwarded-for` and `x-forwarded-proto` become on the way
-/// upstream. Computed without touching the request's header map: an
-/// HTTP/1.1 backend gets them written straight into the request head (two
-/// inserts would grow a map hyper sized for the client's fields, which cost
-/// 7 % of a request's instructions); an HTTP/2 backend gets them inserted.
+/// The fields sluice adds on the way upstream: what `x-forwarded-for` and
+/// `x-forwarded-proto` become, and the `host` of an HTTP/2 request. Computed
+/// without touching the request's header map: an HTTP/1.1 backend gets them
+/// written straight into the request head (inserts would grow a map hyper
+/// sized for the client's fields, which cost 7 % of a request's
+/// instructions); an HTTP/2 backend gets them inserted.
 #[derive(Debug, Clone)]
 pub struct ForwardedFields {
     /// The whole `x-forwarded-for` chain, replacing the client's fields.
     pub xff: HeaderValue,
     /// `x-forwarded-proto` when sluice sets it; `None` keeps the client's.
     pub xfp: Option<HeaderValue>,
+    /// The `:authority` of an HTTP/2 request without a `host` field, for an
+    /// HTTP/1.1 backend, which needs one (an HTTP/2 backend gets the
+    /// authority in the request target instead).
+    pub host: Option<http::uri::Authority>,
 }
 
 impl ForwardedFields {
@@ -81,6 +86,7 @@ impl ForwardedFields {
             return ForwardedFields {
                 xff: peer.clone(),
                 xfp: Some(proto.clone()),
+                host: None,
             };
         }
         let mut chain = headers.get_all(&X_FORWARDED_FOR).iter();
@@ -94,7 +100,11 @@ impl ForwardedFields {
             }
         };
         let xfp = (!headers.contains_key(&X_FORWARDED_PROTO)).then(|| proto.clone());
-        ForwardedFields { xff, xfp }
+        ForwardedFields {
+            xff,
+            xfp,
+            host: None,
+        }
     }
 
     /// Whether the client's own field named `name` gives way to these.

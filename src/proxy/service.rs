@@ -140,18 +140,8 @@ impl ProxyService {
 
         let (mut parts, body) = req.into_parts();
         let upstream_h2 = backend.pool.protocol == Protocol::H2c;
-        if parts.version == Version::HTTP_2
-            && !upstream_h2
-            && !parts.headers.contains_key(header::HOST)
-        {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
         headers::strip_hop_by_hop(&mut parts.headers);
-        let forwarded = ForwardedFields::new(
+        let mut forwarded = ForwardedFields::new(
             &parts.headers,
             &self.peer,
             &self.proto,
@@ -159,8 +149,16 @@ impl ProxyService {
         );
         // HTTP/1.1 backends get the origin form (`/path?query`), as from
         // any proxy; HTTP/2 needs the scheme and authority as well.
-        let pq = std::mem::take(&mut parts.uri)
-            .into_parts()
+        let target = std::mem::take(&mut parts.uri).into_parts();
+        // An HTTP/2 client names the host in `:authority`; an HTTP/1.1
+        // backend needs a `host` field, written into its request head.
+        if parts.version == Version::HTTP_2
+            && !upstream_h2
+            && !parts.headers.contains_key(header::HOST)
+        {
+            forwarded.host = target.authority;
+        }
+        let pq = target
             .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = if upstream_h2 {

@@ -341,6 +341,9 @@ fn encode_head(
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     };
+    if let Some(host) = &forwarded.host {
+        field(b"host", host.as_str().as_bytes());
+    }
     for (name, value) in &parts.headers {
         if !forwarded.replaces(name) {
             field(name.as_str().as_bytes(), value.as_bytes());
