@@ -6,8 +6,9 @@
 # proxy process and the ratios to nginx and haproxy (medians over REPS).
 # Each round starts one target later than the one before: the target run
 # first in a round was measured up to 20 % slower, whichever it was (seen
-# with sluice and sluice minimal swapped), so with as many rounds as targets
-# each takes every place once.
+# with sluice and sluice minimal swapped), so with REPS a multiple of the
+# number of targets (the defaults: five and five) each takes every place
+# once; other counts spread the first place as evenly as they can.
 # With BOTH=1 (default) each round also runs `h1-2cores`: nothing pinned,
 # two proxy workers (sluice's default on two cores, nginx worker_processes 2,
 # haproxy nbthread 2) sharing both cores with wrk (2 threads) and the backend.
@@ -151,6 +152,7 @@ run() {  # run REP PROTO CONNS TARGET
 }
 
 read -ra ALL <<<"$TARGETS"
+[ "${#ALL[@]}" -gt 0 ] || { echo "TARGETS names no target" >&2; exit 2; }
 for rep in $(seq "$REPS"); do
   k=$(( (rep - 1) % ${#ALL[@]} ))
   ORDER="${ALL[*]:k} ${ALL[*]:0:k}"

@@ -104,8 +104,9 @@ async fn h2c_from_clients_and_to_backends() {
         let target = |b: &Backend| b.state.last_target.lock().unwrap().clone().unwrap();
         assert_eq!(target(&h1), "/?a=1");
         // An HTTP/2 client's :authority reaches an HTTP/1.1 backend as host.
-        let host = h1.state.last_headers.lock().unwrap().clone().unwrap()["host"].clone();
-        assert_eq!(host, p.proxy_addr().to_string().as_str());
+        let h = h1.state.last_headers.lock().unwrap().clone().unwrap();
+        let hosts: Vec<_> = h.get_all("host").iter().collect();
+        assert_eq!(hosts, [p.proxy_addr().to_string().as_str()]);
         assert_eq!(target(&h2), format!("http://{}/grpc/x?a=1", h2.addr));
     }
     p.shutdown().await;
@@ -247,6 +248,43 @@ async fn read_response(s: &mut TcpStream) -> String {
         assert!(n > 0, "closed before the whole response: {text}");
         got.extend_from_slice(&buf[..n]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host_over_the_host_field() {
+    let shop = Backend::start("shop").await;
+    let other = Backend::start("other").await;
+    let yaml = format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+  - {{ name: shop, match: {{ host: shop.test }}, backends: [{{ name: shop, url: \"{}\" }}] }}\n\
+  - {{ name: other, match: {{ host: other.test }}, backends: [{{ name: other, url: \"{}\" }}] }}\n",
+        shop.url(),
+        other.url()
+    );
+    let p = start_proxy(&yaml).await;
+    let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    s.write_all(b"GET http://user@Shop.test:8080/abs?x=1 HTTP/1.1\r\nhost: other.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(who(&answer[answer.find("\r\n\r\n").unwrap() + 4..]), "shop");
+    assert_eq!(
+        other.state.seen.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        shop.state.last_target.lock().unwrap().as_deref(),
+        Some("/abs?x=1")
+    );
+    let h = shop.state.last_headers.lock().unwrap().clone().unwrap();
+    let hosts: Vec<_> = h.get_all("host").iter().collect();
+    assert_eq!(
+        hosts,
+        ["Shop.test:8080"],
+        "the target's host, not the field"
+    );
+    p.shutdown().await;
 }
 
 /// A keep-alive connection that has been answered once.

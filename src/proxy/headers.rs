@@ -66,9 +66,10 @@ pub struct ForwardedFields {
     pub xff: HeaderValue,
     /// `x-forwarded-proto` when sluice sets it; `None` keeps the client's.
     pub xfp: Option<HeaderValue>,
-    /// The `:authority` of an HTTP/2 request without a `host` field, for an
-    /// HTTP/1.1 backend, which needs one (an HTTP/2 backend gets the
-    /// authority in the request target instead).
+    /// The authority of the request target (HTTP/2's `:authority`, an
+    /// absolute-form HTTP/1.1 target), which becomes an HTTP/1.1 backend's
+    /// `host` field in place of the client's (RFC 9112, 3.2.2); an HTTP/2
+    /// backend gets an authority in its request target instead.
     pub host: Option<http::uri::Authority>,
 }
 
@@ -109,7 +110,16 @@ impl ForwardedFields {
 
     /// Whether the client's own field named `name` gives way to these.
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        name == X_FORWARDED_FOR || (self.xfp.is_some() && name == X_FORWARDED_PROTO)
+        name == X_FORWARDED_FOR
+            || (self.xfp.is_some() && name == X_FORWARDED_PROTO)
+            || (self.host.is_some() && name == header::HOST)
+    }
+
+    /// The `host` field for an HTTP/1.1 backend, when the target named one:
+    /// host and port, without any user information.
+    pub fn host_field(&self) -> Option<&str> {
+        let a = self.host.as_ref()?.as_str();
+        Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
     }
 
     /// Puts the fields into a header map.

@@ -75,19 +75,20 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ResponseBod
     r
 }
 
-/// The request's host, without port, for route matching. `None` when the
-/// request has no host or more than one: the client gets 400.
+/// The request's host, without port, for route matching: the authority of
+/// the request target when it has one (HTTP/2's `:authority`, or an
+/// absolute-form HTTP/1.1 target, whose `Host` field a proxy must ignore:
+/// RFC 9112, 3.2.2), else the `Host` field. `None` when there is neither,
+/// or more than one `Host` field: the client gets 400.
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        let host = a.host();
+        return (!host.is_empty()).then_some(host);
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let from_header = match (hosts.next(), hosts.next()) {
-        (Some(h), None) => Some(h.to_str().ok()?),
-        (Some(_), Some(_)) => return None,
-        (None, _) => None,
-    };
-    let authority = match from_header {
-        Some(h) => h,
-        // HTTP/2 carries the host in :authority.
-        None => req.uri().authority()?.as_str(),
+    let authority = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().ok()?,
+        _ => return None,
     };
     let host = match authority.rsplit_once(':') {
         // Keep IPv6 literals whole: "[::1]:80" → "[::1]".
@@ -150,12 +151,10 @@ impl ProxyService {
         // HTTP/1.1 backends get the origin form (`/path?query`), as from
         // any proxy; HTTP/2 needs the scheme and authority as well.
         let target = std::mem::take(&mut parts.uri).into_parts();
-        // An HTTP/2 client names the host in `:authority`; an HTTP/1.1
-        // backend needs a `host` field, written into its request head.
-        if parts.version == Version::HTTP_2
-            && !upstream_h2
-            && !parts.headers.contains_key(header::HOST)
-        {
+        // A target with an authority (HTTP/2's `:authority`, an absolute-form
+        // HTTP/1.1 target) names the host; an HTTP/1.1 backend gets it as
+        // its `host` field, in place of any the client sent.
+        if !upstream_h2 {
             forwarded.host = target.authority;
         }
         let pq = target

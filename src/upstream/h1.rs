@@ -341,8 +341,8 @@ fn encode_head(
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     };
-    if let Some(host) = &forwarded.host {
-        field(b"host", host.as_str().as_bytes());
+    if let Some(host) = forwarded.host_field() {
+        field(b"host", host.as_bytes());
     }
     for (name, value) in &parts.headers {
         if !forwarded.replaces(name) {
