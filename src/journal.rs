@@ -115,7 +115,7 @@ impl Journal {
                 tracing::error!(error = %e, path = %path.display(), "cannot append to the journal");
             }
         }
-        tracing::info!(seq = event.seq, route = ?event.route, kind = %event.kind, actor = %event.actor, "{}", event.message);
+        tracing::info!(seq = event.seq, route = event.route.as_deref(), kind = %event.kind, actor = %event.actor, "{}", event.message);
         inner.events.push_back(event.clone());
         if inner.events.len() > MEMORY {
             inner.events.pop_front();
