@@ -22,29 +22,27 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// per chunk, so ten thousand elements cost 64 + 157 copies.
 const CHUNK: usize = 64;
 
+/// Every chunk but the last holds exactly [`CHUNK`] elements, so an index
+/// finds its chunk by division and the length follows from the last chunk.
 pub struct SharedVec<T> {
     chunks: Arc<Vec<Arc<Vec<T>>>>,
-    len: usize,
 }
 
 impl<T> SharedVec<T> {
     pub fn new() -> Self {
         SharedVec {
             chunks: Arc::new(Vec::new()),
-            len: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+        self.chunks.is_empty()
     }
 
     pub fn iter(&self) -> Iter<'_, T> {
@@ -67,7 +65,7 @@ impl<T: Clone> SharedVec<T> {
     /// The element at `i`, for changing: its chunk is copied first if another
     /// version shares it, so no other version sees the change.
     pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        if i >= self.len {
+        if i >= self.len() {
             return None;
         }
         let chunk = &mut Arc::make_mut(&mut self.chunks)[i / CHUNK];
@@ -84,7 +82,6 @@ impl<T: Clone> SharedVec<T> {
                 chunks.push(Arc::new(chunk));
             }
         }
-        self.len += 1;
     }
 }
 
@@ -92,7 +89,6 @@ impl<T> Clone for SharedVec<T> {
     fn clone(&self) -> Self {
         SharedVec {
             chunks: self.chunks.clone(),
-            len: self.len,
         }
     }
 }
@@ -111,32 +107,15 @@ impl<T> Index<usize> for SharedVec<T> {
     }
 }
 
-impl<T> FromIterator<T> for SharedVec<T> {
+impl<T: Clone> FromIterator<T> for SharedVec<T> {
     fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
-        let mut chunks = Vec::new();
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut len = 0;
-        for item in items {
-            chunk.push(item);
-            len += 1;
-            if chunk.len() == CHUNK {
-                chunks.push(Arc::new(std::mem::replace(
-                    &mut chunk,
-                    Vec::with_capacity(CHUNK),
-                )));
-            }
-        }
-        if !chunk.is_empty() {
-            chunks.push(Arc::new(chunk));
-        }
-        SharedVec {
-            chunks: Arc::new(chunks),
-            len,
-        }
+        let mut v = SharedVec::new();
+        items.into_iter().for_each(|item| v.push(item));
+        v
     }
 }
 
-impl<T> From<Vec<T>> for SharedVec<T> {
+impl<T: Clone> From<Vec<T>> for SharedVec<T> {
     fn from(items: Vec<T>) -> Self {
         items.into_iter().collect()
     }
@@ -151,17 +130,9 @@ impl<'a, T> IntoIterator for &'a SharedVec<T> {
     }
 }
 
-/// Chunks both versions share are equal without comparing their elements:
-/// telling an unchanged reload from a changed one stays cheap.
 impl<T: PartialEq> PartialEq for SharedVec<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len
-            && (Arc::ptr_eq(&self.chunks, &other.chunks)
-                || self
-                    .chunks
-                    .iter()
-                    .zip(other.chunks.iter())
-                    .all(|(a, b)| Arc::ptr_eq(a, b) || a == b))
+        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
@@ -177,7 +148,7 @@ impl<T: Serialize> Serialize for SharedVec<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for SharedVec<T> {
+impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for SharedVec<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Vec::<T>::deserialize(d).map(Self::from)
     }
@@ -197,8 +168,8 @@ mod tests {
                 (0..n).collect::<Vec<_>>()
             );
             assert_eq!(v.iter().next_back(), n.checked_sub(1).as_ref());
-            assert!((0..n).all(|i| v[i] == i && v.get(i) == Some(&i)));
-            assert_eq!(v.get(n), None);
+            assert!((0..n).all(|i| v[i] == i));
+            assert_eq!(v.clone().get_mut(n), None);
             let mut pushed = SharedVec::new();
             (0..n).for_each(|i| pushed.push(i));
             assert_eq!(pushed, v);

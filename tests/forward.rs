@@ -284,6 +284,12 @@ async fn an_absolute_form_target_names_the_host_over_the_host_field() {
         ["Shop.test:8080"],
         "the target's host, not the field"
     );
+    let two_hosts = raw(
+        p.proxy_addr(),
+        b"GET http://shop.test/ HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
     p.shutdown().await;
 }
 

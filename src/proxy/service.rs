@@ -79,17 +79,18 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ResponseBod
 /// the request target when it has one (HTTP/2's `:authority`, or an
 /// absolute-form HTTP/1.1 target, whose `Host` field a proxy must ignore:
 /// RFC 9112, 3.2.2), else the `Host` field. `None` when there is neither,
-/// or more than one `Host` field: the client gets 400.
+/// or more than one `Host` field (RFC 9112, 3.2): the client gets 400.
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let field = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return None,
+        (field, None) => field,
+    };
     if let Some(a) = req.uri().authority() {
         let host = a.host();
         return (!host.is_empty()).then_some(host);
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let authority = match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h.to_str().ok()?,
-        _ => return None,
-    };
+    let authority = field?.to_str().ok()?;
     let host = match authority.rsplit_once(':') {
         // Keep IPv6 literals whole: "[::1]:80" → "[::1]".
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,

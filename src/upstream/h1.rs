@@ -106,7 +106,7 @@ impl Conn {
             poll_fn(|cx| self.poll_exchange(cx, &head, &mut written, upload, &mut answered)).await;
         self.head = head;
         let method = &request.method;
-        let (status, version_10, headers) = match parsed {
+        let (status, version_10, mut headers) = match parsed {
             Ok(h) => h,
             Err(error) => {
                 return Err(Failed {
@@ -115,7 +115,6 @@ impl Conn {
                 })
             }
         };
-        let mut headers = headers;
         let framing = Framing::of(method, status, version_10, &headers).map_err(|e| Failed {
             error: e.into(),
             replayable: false,

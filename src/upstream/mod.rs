@@ -76,7 +76,11 @@ pub struct Pool {
     pub origin: http::uri::Authority,
     pub protocol: Protocol,
     connect_timeout: Duration,
-    idle_timeout: Duration,
+    /// How long a connection may stay idle, on the coarse clock.
+    idle_timeout_ms: u64,
+    /// The idle connections each worker's queue keeps: `MAX_IDLE` shared
+    /// out, worked out once rather than per returned connection.
+    idle_per_worker: usize,
     /// One queue per worker. Each grows in small blocks as connections go
     /// idle, so a table of thousands of backends costs nothing until they
     /// carry traffic.
@@ -171,14 +175,14 @@ impl Pool {
                 .set_host(false)
                 .build(connector)
         });
+        let workers = WORKERS.load(Relaxed);
         Pool {
             origin: key.upstream.authority.clone(),
             protocol: key.upstream.protocol,
             connect_timeout: key.connect_timeout,
-            idle_timeout: key.idle_timeout,
-            idle: (0..WORKERS.load(Relaxed))
-                .map(|_| SegQueue::new())
-                .collect(),
+            idle_timeout_ms: key.idle_timeout.as_millis() as u64,
+            idle_per_worker: MAX_IDLE.div_ceil(workers),
+            idle: (0..workers).map(|_| SegQueue::new()).collect(),
             h2,
         }
     }
@@ -230,7 +234,7 @@ impl Pool {
     fn checkout(&self) -> Option<h1::Conn> {
         while let Some(idle) = self.idle().pop() {
             let idle_ms = crate::clock::coarse_ms().saturating_sub(idle.since_ms);
-            if idle_ms < self.idle_timeout.as_millis() as u64 && idle.conn.is_usable() {
+            if idle_ms < self.idle_timeout_ms && idle.conn.is_usable() {
                 return Some(idle.conn);
             }
         }
@@ -242,7 +246,7 @@ impl Pool {
         // Counted per worker: a count shared by the workers would bounce
         // its cache line between cores on every request.
         let idle = self.idle();
-        if idle.len() >= MAX_IDLE.div_ceil(self.idle.len()) {
+        if idle.len() >= self.idle_per_worker {
             return; // enough idle connections: this one closes
         }
         idle.push(Idle {
