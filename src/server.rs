@@ -200,7 +200,6 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         admin.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(metrics.upkeep_loop(Duration::from_secs(5))));
     let watch_every = options.watch_interval.unwrap_or(Duration::from_secs(1));
     if let (Some(path), false) = (&options.config_path, watch_every.is_zero()) {
         tasks.push(tokio::spawn(crate::reload::watch_file(

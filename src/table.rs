@@ -272,7 +272,7 @@ impl Registry {
                     .get(&id)
                     .filter(|s| s.window.span() >= span)
                     .cloned()
-                    .unwrap_or_else(|| BackendStats::new(&self.metrics, &r.name, &b.name, span));
+                    .unwrap_or_else(|| BackendStats::new(span));
                 stats.insert(id, s.clone());
                 self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
                 Backend {

@@ -74,6 +74,28 @@ async fn start_prometheus(scrape: std::net::SocketAddr) -> Prometheus {
     }
 }
 
+/// One instant query's single value; NaN when the result is empty.
+async fn query(prom: &Prometheus, promql: &str) -> f64 {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = get(
+        &client(),
+        &format!("{}/api/v1/query?query={encoded}", prom.url),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{promql}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .map_or(f64::NAN, |s| s.parse().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
     let stable = Backend::start("stable").await;
@@ -109,6 +131,24 @@ async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
     )
     .await;
     assert!(canary.state.seen() > 0);
+    // Prometheus parsed the latency histogram sluice renders: once a scrape
+    // has counted requests, a quantile over its buckets comes out, below
+    // the slowest edge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let counted = "sum(sluice_request_duration_seconds_count{route=\"api\"}) > 0";
+    while query(&prom, counted).await.is_nan() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus never scraped a latency count"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let median = query(
+        &prom,
+        "histogram_quantile(0.5, sum by (le) (sluice_request_duration_seconds_bucket{route=\"api\"}))",
+    )
+    .await;
+    assert!(median > 0.0 && median <= 60.0, "median latency {median}");
     // Then the canary fails; Prometheus scrapes the failures; the gate trips.
     canary.state.status.store(500, Relaxed);
     let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(30)).await;

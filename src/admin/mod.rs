@@ -174,11 +174,20 @@ impl Admin {
                 control
                     .metrics
                     .connections(self.connections.open(), self.connections.parked());
-                text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    control.metrics.render(),
-                )
+                let mut out = control.metrics.render();
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                let table = control.current();
+                crate::stats::prom::render_backends(
+                    &mut out,
+                    table.routes.iter().flat_map(|r| {
+                        r.backends
+                            .iter()
+                            .map(move |b| (&*r.name, &*b.name, &*b.stats))
+                    }),
+                );
+                text(StatusCode::OK, "text/plain; version=0.0.4", out)
             }
             (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status(&control.current())),
             (&Method::GET, ["config"]) => {

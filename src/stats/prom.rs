@@ -1,20 +1,22 @@
 //! The Prometheus side: one recorder per proxy instance (not a global one),
 //! so that several proxies in one process — tests, benches — keep separate
 //! counts. Handles are resolved when a table is compiled, never per request.
+//!
+//! The two per-request families, `sluice_requests_total` and
+//! `sluice_request_duration_seconds`, are not recorded here at all: they are
+//! rendered at scrape time from the lifetime counts each request already
+//! goes into ([`render_backends`]). Recording them a second time cost two
+//! more atomics and a histogram sample pushed onto a queue per request, and
+//! a drain of every queued sample every few seconds.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-/// Latency buckets (seconds) of `sluice_request_duration_seconds`.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+use super::window::{Class, PROM_EDGES_NS};
+use super::BackendStats;
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
@@ -39,13 +41,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("sluice_request_duration_seconds".into()),
-                DURATION_BUCKETS,
-            )
-            .expect("bucket list is not empty")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let m = Metrics {
             recorder: Arc::new(recorder),
@@ -61,16 +57,6 @@ impl Metrics {
             self.recorder
                 .describe_counter(name.into(), unit, text.into());
         };
-        d(
-            "sluice_requests_total",
-            None,
-            "Requests by route, backend and outcome class.",
-        );
-        self.recorder.describe_histogram(
-            "sluice_request_duration_seconds".into(),
-            Some(Unit::Seconds),
-            "Latency to response headers by route and backend.".into(),
-        );
         self.recorder.describe_gauge(
             "sluice_backend_weight".into(),
             None,
@@ -95,29 +81,6 @@ impl Metrics {
 
     fn key(name: &'static str, labels: Vec<Label>) -> Key {
         Key::from_parts(name, labels)
-    }
-
-    pub fn requests(&self, route: &str, backend: &str, class: &'static str) -> Counter {
-        let key = Self::key(
-            "sluice_requests_total",
-            vec![
-                Label::new("route", route.to_string()),
-                Label::new("backend", backend.to_string()),
-                Label::new("class", class),
-            ],
-        );
-        self.recorder.register_counter(&key, &METADATA)
-    }
-
-    pub fn duration(&self, route: &str, backend: &str) -> Histogram {
-        let key = Self::key(
-            "sluice_request_duration_seconds",
-            vec![
-                Label::new("route", route.to_string()),
-                Label::new("backend", backend.to_string()),
-            ],
-        );
-        self.recorder.register_histogram(&key, &METADATA)
     }
 
     pub fn weight(&self, route: &str, backend: &str) -> Gauge {
@@ -169,19 +132,131 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.handle.render()
     }
+}
 
-    /// Drains histogram samples into their buckets; without it they pile up
-    /// between scrapes. Called from a background task.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+/// Appends `sluice_requests_total` and `sluice_request_duration_seconds` for
+/// every (route, backend) of the table in use, in the Prometheus text
+/// format. A backend that leaves the table leaves the exposition; one that
+/// stays keeps counting, since table versions share its counts.
+pub fn render_backends<'a>(
+    out: &mut String,
+    backends: impl Iterator<Item = (&'a str, &'a str, &'a BackendStats)>,
+) {
+    let views: Vec<_> = backends
+        .map(|(route, backend, stats)| {
+            let labels = format!(
+                "route=\"{}\",backend=\"{}\"",
+                escape(route),
+                escape(backend)
+            );
+            (labels, stats.lifetime.prometheus())
+        })
+        .collect();
+    out.push_str(
+        "# HELP sluice_requests_total Requests by route, backend and outcome class.\n\
+         # TYPE sluice_requests_total counter\n",
+    );
+    for (labels, view) in &views {
+        for class in Class::ALL {
+            let n = view.classes[class as usize];
+            let _ = writeln!(
+                out,
+                "sluice_requests_total{{{labels},class=\"{}\"}} {n}",
+                class.label()
+            );
+        }
+    }
+    out.push_str(
+        "\n# HELP sluice_request_duration_seconds Latency to response headers by route and backend.\n\
+         # TYPE sluice_request_duration_seconds histogram\n",
+    );
+    for (labels, view) in &views {
+        let name = "sluice_request_duration_seconds";
+        for (edge, n) in PROM_EDGES_NS.iter().zip(&view.cumulative) {
+            let le = *edge as f64 / 1e9;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let count = view.cumulative[PROM_EDGES_NS.len()];
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", view.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and
+/// line feed escaped.
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix} in\n{out}"))
     }
 
-    /// Runs [`Self::upkeep`] every `every` until the task is dropped.
-    pub async fn upkeep_loop(self, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            self.upkeep();
-        }
+    #[test]
+    fn renders_counts_and_a_cumulative_histogram_with_exact_edges() {
+        let stats = BackendStats::new(Duration::from_secs(60));
+        // On an edge counts into it (le is "less or equal"); a nanosecond
+        // more goes to the next.
+        stats.record(Class::Informational2xx, Duration::from_micros(500));
+        stats.record(Class::Informational2xx, Duration::from_nanos(500_001));
+        stats.record(Class::Server5xx, Duration::from_millis(20));
+        stats.record(Class::Error, Duration::from_secs(3));
+        stats.record(Class::Client4xx, Duration::from_secs(90));
+        let mut out = String::new();
+        render_backends(&mut out, [("api", "canary", &*stats)].into_iter());
+        let series = |rest: &str| format!("sluice_request_duration_seconds{rest}");
+        let r = |c: &str| {
+            format!("sluice_requests_total{{route=\"api\",backend=\"canary\",class=\"{c}\"}} ")
+        };
+        assert_eq!(line(&out, &r("2xx")), format!("{}2", r("2xx")));
+        assert_eq!(line(&out, &r("5xx")), format!("{}1", r("5xx")));
+        assert_eq!(line(&out, &r("error")), format!("{}1", r("error")));
+        assert_eq!(line(&out, &r("3xx")), format!("{}0", r("3xx")));
+        let bucket = |le: &str| {
+            let prefix = series(&format!(
+                "_bucket{{route=\"api\",backend=\"canary\",le=\"{le}\"}} "
+            ));
+            line(&out, &prefix)[prefix.len()..].to_string()
+        };
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.025"), "3");
+        assert_eq!(
+            bucket("60"),
+            "3",
+            "errors have no latency; 90 s is above every edge"
+        );
+        assert_eq!(bucket("+Inf"), "4");
+        assert!(line(&out, &series("_count{")).ends_with(" 4"));
+        let sum: f64 = line(&out, &series("_sum{"))
+            .rsplit_once(' ')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert!((sum - 90.021_000_001).abs() < 1e-6, "{sum}");
+        // One HELP and TYPE per family, whatever the number of series.
+        assert_eq!(out.matches("# TYPE ").count(), 2);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -197,12 +197,45 @@ impl Window {
     }
 }
 
+/// Upper bounds (le) of `sluice_request_duration_seconds`, in nanoseconds
+/// so a sample is compared exactly: 0.5 ms, 1, 2.5, 5, 10, 25, 50, 100,
+/// 250, 500 ms, 1, 2.5, 5, 10, 30, 60 s.
+pub const PROM_EDGES_NS: [u64; 16] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+];
+
+/// A lifetime's latencies: the fine histogram the gates read, and the
+/// Prometheus buckets `/metrics` renders (one per edge, then `+Inf`; not
+/// cumulative, so a request touches one).
+struct LifetimeLatency {
+    fine: [AtomicU64; BUCKETS],
+    prom: [AtomicU64; PROM_EDGES_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
 /// Counts since the backend first appeared, for evidence that accumulates
-/// across windows (rollout checkpoints take differences of these).
+/// across windows (rollout checkpoints take differences of these) and for
+/// the Prometheus counters and histogram, which are rendered from these
+/// atomics at scrape time instead of being recorded a second time.
 #[derive(Default)]
 pub struct Lifetime {
     classes: [AtomicU64; 5],
-    latency: OnceLock<Box<[AtomicU64]>>,
+    latency: OnceLock<Box<LifetimeLatency>>,
 }
 
 impl std::fmt::Debug for Lifetime {
@@ -211,15 +244,41 @@ impl std::fmt::Debug for Lifetime {
     }
 }
 
+/// The Prometheus view of a lifetime: counts by class, and the duration
+/// histogram as cumulative bucket counts (the last is `+Inf`, equal to the
+/// count) with the sum of latencies in seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromView {
+    pub classes: [u64; 5],
+    pub cumulative: [u64; PROM_EDGES_NS.len() + 1],
+    pub sum_seconds: f64,
+}
+
 impl Lifetime {
     pub fn record(&self, class: Class, latency: Duration) {
         self.classes[class.index()].fetch_add(1, Relaxed);
         if class != Class::Error {
-            let h = self
-                .latency
-                .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
-            h[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
+            let h = self.latency.get_or_init(|| {
+                Box::new(LifetimeLatency {
+                    fine: std::array::from_fn(|_| AtomicU64::new(0)),
+                    prom: std::array::from_fn(|_| AtomicU64::new(0)),
+                    sum_ns: AtomicU64::new(0),
+                })
+            });
+            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            h.fine[bucket_of(ns / 1_000)].fetch_add(1, Relaxed);
+            let edge = PROM_EDGES_NS
+                .iter()
+                .position(|&e| ns <= e)
+                .unwrap_or(PROM_EDGES_NS.len());
+            h.prom[edge].fetch_add(1, Relaxed);
+            h.sum_ns.fetch_add(ns, Relaxed);
         }
+    }
+
+    /// Requests recorded, whatever became of them.
+    pub fn requests(&self) -> u64 {
+        self.classes.iter().map(|c| c.load(Relaxed)).sum()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -228,8 +287,24 @@ impl Lifetime {
             latency: self
                 .latency
                 .get()
-                .map(|h| h.iter().map(|b| b.load(Relaxed)).collect()),
+                .map(|h| h.fine.iter().map(|b| b.load(Relaxed)).collect()),
         }
+    }
+
+    pub fn prometheus(&self) -> PromView {
+        let mut view = PromView {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            ..PromView::default()
+        };
+        if let Some(h) = self.latency.get() {
+            let mut running = 0;
+            for (c, b) in view.cumulative.iter_mut().zip(&h.prom) {
+                running += b.load(Relaxed);
+                *c = running;
+            }
+            view.sum_seconds = h.sum_ns.load(Relaxed) as f64 / 1e9;
+        }
+        view
     }
 }
 
