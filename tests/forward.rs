@@ -112,6 +112,15 @@ async fn h2c_from_clients_and_to_backends() {
     p.shutdown().await;
 }
 
+/// A backend that answers after 2 s, longer than any route timeout here.
+async fn slow_backend() -> Backend {
+    let slow = Backend::start("slow").await;
+    slow.state
+        .delay_ms
+        .store(2_000, std::sync::atomic::Ordering::Relaxed);
+    slow
+}
+
 async fn status_of(url: String) -> (u16, String) {
     let (s, b) = get(&client(), &url, &[]).await;
     (s.as_u16(), b)
@@ -122,10 +131,7 @@ async fn broken_backends_give_502_and_slow_ones_504() {
     let refused = closed_port().await;
     let (reset, _t1) = start_broken(false).await;
     let (garbage, _t2) = start_broken(true).await;
-    let slow = Backend::start("slow").await;
-    slow.state
-        .delay_ms
-        .store(2_000, std::sync::atomic::Ordering::Relaxed);
+    let slow = slow_backend().await;
     let yaml = format!(
         "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
   - {{ name: refused, match: {{ path_prefix: /refused }}, backends: [{{ name: x, url: \"http://{refused}\" }}] }}\n\
@@ -159,6 +165,58 @@ async fn broken_backends_give_502_and_slow_ones_504() {
             1.0,
             "{route}"
         );
+    }
+    p.shutdown().await;
+}
+
+/// A connection keeps its requests' route-timeout timers for the next
+/// ones: a kept timer moved earlier, moved later, or already fired while
+/// the connection idled must each time fire at the new request's own
+/// deadline, never before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_hold_across_requests_on_one_connection() {
+    let fast = Backend::start("fast").await;
+    let slow = slow_backend().await;
+    let yaml = format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+  - {{ name: long, timeout: 5s, match: {{ path_prefix: /long }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
+  - {{ name: short, timeout: 300ms, match: {{ path_prefix: /short }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
+  - {{ name: brisk, timeout: 150ms, match: {{ path_prefix: /brisk }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
+  - {{ name: slow, timeout: 300ms, backends: [{{ name: x, url: \"{s}\" }}] }}\n",
+        f = fast.url(),
+        s = slow.url()
+    );
+    let p = start_proxy(&yaml).await;
+    let base = format!("http://{}", p.proxy_addr());
+    for (proto, c) in [("h1", client()), ("h2", h2_client())] {
+        let status = |path: &str| {
+            let (c, url) = (c.clone(), format!("{base}{path}"));
+            async move {
+                let started = Instant::now();
+                let s = get(&c, &url, &[]).await.0.as_u16();
+                (s, started.elapsed())
+            }
+        };
+        // A kept timer due in 5 s, moved earlier for a slow request.
+        assert_eq!(status("/long").await.0, 200, "{proto}");
+        let (s, took) = status("/slow").await;
+        assert_eq!(s, 504, "{proto}");
+        assert!(took < Duration::from_millis(1_500), "{proto}: {took:?}");
+        // A kept timer due soon, moved later: it must not fire at the
+        // earlier deadline it was registered for.
+        assert_eq!(status("/short").await.0, 200, "{proto}");
+        let (s, took) = status("/slow").await;
+        assert_eq!(s, 504, "{proto}");
+        assert!(took >= Duration::from_millis(300), "{proto}: {took:?}");
+        assert!(took < Duration::from_millis(1_500), "{proto}: {took:?}");
+        // A kept timer that fired while the connection idled (for less
+        // than the 250 ms after which an idle connection parks and drops
+        // its timers) is armed again, for a later deadline.
+        assert_eq!(status("/brisk").await.0, 200, "{proto}");
+        tokio::time::sleep(Duration::from_millis(220)).await;
+        for _ in 0..3 {
+            assert_eq!(status("/brisk").await.0, 200, "{proto}");
+        }
     }
     p.shutdown().await;
 }

@@ -9,13 +9,19 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+/// Route-timeout timers a connection keeps between its requests: one for
+/// HTTP/1.1, which serves a request at a time; up to this many for
+/// HTTP/2's concurrent streams.
+const SPARE_TIMERS: usize = 16;
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.
@@ -36,6 +42,14 @@ pub struct ConnState {
     open_bodies: AtomicU32,
     /// HTTP/2 multiplexes: frames between requests are not a head being read.
     multiplexed: AtomicBool,
+    /// Route-timeout timers of finished requests, for the next ones. A
+    /// request's timer is almost never due (the backend answers first); a
+    /// fresh timer takes the time driver's lock to register and again to
+    /// deregister (about 2 % of a request's instructions), a kept one is
+    /// left where it is when it is due no later than the new deadline, and
+    /// moved on only when it fires early: about once per route timeout per
+    /// busy connection.
+    spare_timers: Mutex<Vec<Pin<Box<Sleep>>>>,
 }
 
 impl ConnState {
@@ -63,6 +77,48 @@ impl ConnState {
     pub fn body_started(self: &Arc<Self>) -> BodyOpen {
         self.open_bodies.fetch_add(1, Relaxed);
         BodyOpen(Some(self.clone()))
+    }
+
+    /// A timer due no later than `deadline`: a spare one (moved only if it
+    /// was due later; one due earlier is moved on when it fires, see
+    /// `proxy::service::within`), or a new one.
+    pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
+        let spare = self
+            .spare_timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match spare {
+            Some(mut t) => {
+                if t.deadline() > deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Keeps a finished request's timer for the next request.
+    pub fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
+        let mut spare = self
+            .spare_timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_TIMERS {
+            spare.push(timer);
+        }
+    }
+
+    /// Drops the spare timers (a parked connection keeps only its socket).
+    pub fn drop_timers(&self) {
+        let spare = std::mem::take(
+            &mut *self
+                .spare_timers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        drop(spare);
     }
 
     fn request_finished(&self) {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -12,6 +13,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
+use tokio::time::Sleep;
 
 use super::conn::{BodyOpen, ConnState};
 use super::headers::{self, ForwardedFields};
@@ -97,6 +99,34 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         _ => authority,
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// The route timeout ran out before the backend answered.
+struct Elapsed;
+
+/// `fut`'s output, or [`Elapsed`] at `deadline`: `tokio::time::timeout`
+/// with a timer the caller keeps for reuse, which may be due earlier than
+/// `deadline` (see [`ConnState::timer`]): then it is moved on and waited
+/// for again.
+async fn within<F: Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        loop {
+            std::task::ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(Err(Elapsed));
+            }
+            timer.as_mut().reset(deadline);
+        }
+    })
+    .await
 }
 
 impl ProxyService {
@@ -195,8 +225,15 @@ impl ProxyService {
         let progress = body.progress();
         let upstream_req = Request::from_parts(parts, body);
 
-        let result =
-            tokio::time::timeout(route.timeout, backend.pool.send(upstream_req, forwarded)).await;
+        let deadline = tokio::time::Instant::from_std(started + route.timeout);
+        let mut timer = self.conn.timer(deadline);
+        let result = within(
+            &mut timer,
+            deadline,
+            backend.pool.send(upstream_req, forwarded),
+        )
+        .await;
+        self.conn.keep_timer(timer);
         let latency = started.elapsed();
         match result {
             Ok(Ok(response)) => {
