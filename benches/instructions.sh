@@ -5,22 +5,35 @@
 # sluice (normal features on: two weighted backends, sticky header, stats,
 # Prometheus) serves N keep-alive HTTP/1.1 requests from h2load (16
 # connections); counting starts after a warm-up of 2 000 requests. H2=1
-# counts HTTP/2 from the client instead (16 connections x 10 streams).
+# counts HTTP/2 from the client instead (16 connections x 10 streams);
+# MINIMAL=1 runs sluice minimal (one backend, no sticky key), so the two
+# counts give the cost of the inline work.
 #
 #   benches/instructions.sh                 # N=20000, BIN=target/release/sluice
 #   H2=1 benches/instructions.sh
+#   MINIMAL=1 benches/instructions.sh
 #   BIN=/path/to/other/sluice benches/instructions.sh
 #
 # Keeps the profile (callgrind_annotate it to see where the instructions go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
-N=${N:-20000}; H2=${H2:-0}; PORT=18480; BPORT=19400; APORT=19904
+N=${N:-20000}; H2=${H2:-0}; MINIMAL=${MINIMAL:-0}; PORT=18480; BPORT=19400; APORT=19904
 OUT=${OUT:-target/bench-instructions/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 need valgrind valgrind; need h2load nghttp2-client; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
 BIN=${BIN:-target/release/sluice}
-sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
+if [ "$MINIMAL" = 1 ]; then
+  cat >"$OUT/sluice.yaml" <<YAML
+listeners: [{ addr: "127.0.0.1:$PORT" }]
+admin: { addr: "127.0.0.1:$APORT" }
+routes:
+  - name: bench
+    backends: [{ name: only, url: "http://127.0.0.1:$BPORT" }]
+YAML
+else
+  sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
+fi
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
