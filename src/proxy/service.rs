@@ -23,9 +23,14 @@ use crate::stats::Class;
 use crate::table::Table;
 use crate::upstream::Failure;
 
-/// Serves one downstream connection's requests.
+/// Serves one downstream connection's requests. Cloned into every request's
+/// future, so it is one reference count of the connection's own: the
+/// table's `ArcSwap`, shared by every connection on every worker, is not
+/// counted up and down per request.
 #[derive(Clone)]
-pub struct ProxyService {
+pub struct ProxyService(Arc<Shared>);
+
+struct Shared {
     table: Arc<ArcSwap<Table>>,
     conn: Arc<ConnState>,
     /// The peer's address, ready to go into `x-forwarded-for`.
@@ -35,13 +40,13 @@ pub struct ProxyService {
 
 impl ProxyService {
     pub fn new(table: Arc<ArcSwap<Table>>, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
-        ProxyService {
+        ProxyService(Arc::new(Shared {
             table,
             conn,
             peer: HeaderValue::from_str(&peer.to_string())
                 .expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-        }
+        }))
     }
 }
 
@@ -55,8 +60,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         let http2 = req.version() == Version::HTTP_2;
-        let in_flight = this.conn.request_started(http2);
-        let open = (!http2 && !req.body().is_end_stream()).then(|| this.conn.body_started());
+        let in_flight = this.0.conn.request_started(http2);
+        let open = (!http2 && !req.body().is_end_stream()).then(|| this.0.conn.body_started());
         Box::pin(async move {
             let response = this.forward(req, open).await;
             // In flight until the body has been sent (or the request is
@@ -136,7 +141,7 @@ impl ProxyService {
         open: Option<BodyOpen>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let table = self.table.load_full();
+        let table = self.0.table.load_full();
         let Some(host) = request_host(&req) else {
             return local_response(
                 StatusCode::BAD_REQUEST,
@@ -175,8 +180,8 @@ impl ProxyService {
         headers::strip_hop_by_hop(&mut parts.headers);
         let mut forwarded = ForwardedFields::new(
             &parts.headers,
-            &self.peer,
-            &self.proto,
+            &self.0.peer,
+            &self.0.proto,
             table.config.forwarded == Forwarded::Overwrite,
         );
         // HTTP/1.1 backends get the origin form (`/path?query`), as from
@@ -226,14 +231,14 @@ impl ProxyService {
         let upstream_req = Request::from_parts(parts, body);
 
         let deadline = tokio::time::Instant::from_std(started + route.timeout);
-        let mut timer = self.conn.timer(deadline);
+        let mut timer = self.0.conn.timer(deadline);
         let result = within(
             &mut timer,
             deadline,
             backend.pool.send(upstream_req, forwarded),
         )
         .await;
-        self.conn.keep_timer(timer);
+        self.0.conn.keep_timer(timer);
         let latency = started.elapsed();
         match result {
             Ok(Ok(response)) => {
