@@ -79,6 +79,47 @@ fn stats_record(c: &mut Criterion) {
             )
         })
     });
+    // Two workers serving one backend write the same atomics: the price of
+    // a record whose cache lines another core keeps taking away, against
+    // the same with the other thread recording into a backend of its own.
+    let t2 = table(2);
+    let other = t2.routes[1].backends[0].stats.clone();
+    for (name, theirs) in [
+        (
+            "stats record, another core recording into the same backend",
+            stats.clone(),
+        ),
+        (
+            "stats record, another core recording into another backend",
+            other,
+        ),
+    ] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rival = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Bounded: stops when told, or after a minute at most.
+                let until = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < until
+                {
+                    for _ in 0..1_000 {
+                        theirs.record(Class::Informational2xx, Duration::from_micros(900));
+                    }
+                }
+            })
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                stats.record(
+                    black_box(Class::Informational2xx),
+                    black_box(Duration::from_micros(850)),
+                )
+            })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        rival.join().unwrap();
+    }
 }
 
 fn table_swap(c: &mut Criterion) {
