@@ -267,12 +267,11 @@ impl Registry {
                     b.name.clone(),
                     b.target.authority.to_string(),
                 );
-                let s = self
-                    .stats
-                    .get(&id)
-                    .filter(|s| s.window.span() >= span)
-                    .cloned()
-                    .unwrap_or_else(|| BackendStats::new(span));
+                let s = match self.stats.get(&id) {
+                    Some(s) if s.window.span() >= span => s.clone(),
+                    Some(s) => s.widened(span),
+                    None => BackendStats::new(span),
+                };
                 stats.insert(id, s.clone());
                 self.metrics.weight(&r.name, &b.name).set(b.weight as f64);
                 Backend {
@@ -296,5 +295,48 @@ impl Registry {
             timeout: r.timeout,
             baseline: r.baseline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_document, validate, Syntax};
+    use crate::stats::Class;
+    use std::time::Duration;
+
+    fn config(extra: &str) -> Arc<Config> {
+        let yaml = format!(
+            "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nroutes:\n  - name: api\n    backends:\n      - {{ name: stable, url: \"http://127.0.0.1:9001\", weight: 100 }}\n      - {{ name: canary, url: \"http://127.0.0.1:9002\", weight: 0 }}\n{extra}"
+        );
+        let doc = parse_document(&yaml, Syntax::Yaml).unwrap();
+        Arc::new(validate(doc, std::path::Path::new(".")).unwrap())
+    }
+
+    /// A rollout with a window longer than the live one needs a wider
+    /// window; the Prometheus counters (lifetime counts) must not restart
+    /// with it, or a gate reading them would see a reset.
+    #[test]
+    fn a_wider_window_keeps_the_lifetime_counts() {
+        let mut registry = Registry::new(Metrics::new());
+        let before = registry.compile(config(""), 1);
+        let stats = before.routes[0].backends[0].stats.clone();
+        stats.record(Class::Informational2xx, Duration::from_millis(1));
+        stats.record(Class::Server5xx, Duration::from_millis(2));
+        let after = registry.compile(
+            config("    rollout:\n      baseline: stable\n      canary: canary\n      window: 10m\n      stages: [{ weight: 50, bake: 1h }]\n      gates: { success_rate: { critical: 99 } }\n"),
+            2,
+        );
+        let widened = &after.routes[0].backends[0].stats;
+        assert!(widened.window.span() >= Duration::from_secs(600));
+        assert!(!Arc::ptr_eq(widened, &stats), "a new, wider window");
+        assert_eq!(widened.lifetime.requests(), 2);
+        assert_eq!(
+            widened.lifetime.prometheus().classes[Class::Server5xx as usize],
+            1
+        );
+        // The old and the new record into the same lifetime counts.
+        widened.record(Class::Informational2xx, Duration::from_millis(1));
+        assert_eq!(stats.lifetime.requests(), 3);
     }
 }

@@ -20,8 +20,10 @@ use tokio::time::{Instant, Sleep};
 
 /// Route-timeout timers a connection keeps between its requests: one for
 /// HTTP/1.1, which serves a request at a time; up to this many for
-/// HTTP/2's concurrent streams.
-const SPARE_TIMERS: usize = 16;
+/// HTTP/2's concurrent streams. Few: a kept timer holds the waker of the
+/// last task that polled it, on HTTP/2 a finished stream's, whose memory
+/// stays until the timer is polled again or fires.
+const SPARE_TIMERS: usize = 4;
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.

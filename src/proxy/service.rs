@@ -118,13 +118,24 @@ async fn within<F: Future>(
     deadline: tokio::time::Instant,
     fut: F,
 ) -> Result<F::Output, Elapsed> {
+    use tokio::task::coop;
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
+        let had_budget = coop::has_budget_remaining();
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }
+        // As in `tokio::time::timeout`: when `fut` spent the task's budget
+        // (an upload writing as fast as the backend takes it), the timer is
+        // still looked at, or the timeout would wait for the upload to end.
+        let unconstrained = had_budget && !coop::has_budget_remaining();
         loop {
-            std::task::ready!(timer.as_mut().poll(cx));
+            let fired = if unconstrained {
+                Pin::new(&mut coop::unconstrained(timer.as_mut())).poll(cx)
+            } else {
+                timer.as_mut().poll(cx)
+            };
+            std::task::ready!(fired);
             if tokio::time::Instant::now() >= deadline {
                 return Poll::Ready(Err(Elapsed));
             }

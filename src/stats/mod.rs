@@ -6,6 +6,7 @@
 pub mod prom;
 pub mod window;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use window::{Class, Lifetime, PromView, Snapshot, Window};
@@ -14,10 +15,12 @@ pub use crate::clock::now_sec;
 
 /// Everything one request outcome is recorded into, for one (route, backend).
 /// Shared by every table version in which that route keeps that backend, so
-/// swaps reset neither the live window nor the Prometheus counters.
+/// swaps reset neither the live window nor the Prometheus counters; a table
+/// that needs a longer window (a rollout with a longer `window`) gets a new
+/// window but keeps the lifetime counts.
 pub struct BackendStats {
     pub window: Window,
-    pub lifetime: Lifetime,
+    pub lifetime: Arc<Lifetime>,
 }
 
 impl std::fmt::Debug for BackendStats {
@@ -29,10 +32,19 @@ impl std::fmt::Debug for BackendStats {
 }
 
 impl BackendStats {
-    pub fn new(span: Duration) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(BackendStats {
+    pub fn new(span: Duration) -> Arc<Self> {
+        Arc::new(BackendStats {
             window: Window::new(span),
-            lifetime: Lifetime::default(),
+            lifetime: Arc::default(),
+        })
+    }
+
+    /// The same backend with a window able to answer for `span`: a fresh
+    /// window, the same lifetime counts.
+    pub fn widened(&self, span: Duration) -> Arc<Self> {
+        Arc::new(BackendStats {
+            window: Window::new(span),
+            lifetime: self.lifetime.clone(),
         })
     }
 

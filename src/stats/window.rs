@@ -225,7 +225,9 @@ pub const PROM_EDGES_NS: [u64; 16] = [
 struct LifetimeLatency {
     fine: [AtomicU64; BUCKETS],
     prom: [AtomicU64; PROM_EDGES_NS.len() + 1],
-    sum_ns: AtomicU64,
+    /// In microseconds (rounded): room for 5.8e5 years of summed latency,
+    /// where nanoseconds would wrap within months on a busy backend.
+    sum_us: AtomicU64,
 }
 
 /// Counts since the backend first appeared, for evidence that accumulates
@@ -262,7 +264,7 @@ impl Lifetime {
                 Box::new(LifetimeLatency {
                     fine: std::array::from_fn(|_| AtomicU64::new(0)),
                     prom: std::array::from_fn(|_| AtomicU64::new(0)),
-                    sum_ns: AtomicU64::new(0),
+                    sum_us: AtomicU64::new(0),
                 })
             });
             let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
@@ -272,7 +274,7 @@ impl Lifetime {
                 .position(|&e| ns <= e)
                 .unwrap_or(PROM_EDGES_NS.len());
             h.prom[edge].fetch_add(1, Relaxed);
-            h.sum_ns.fetch_add(ns, Relaxed);
+            h.sum_us.fetch_add(ns.saturating_add(500) / 1_000, Relaxed);
         }
     }
 
@@ -302,7 +304,7 @@ impl Lifetime {
                 running += b.load(Relaxed);
                 *c = running;
             }
-            view.sum_seconds = h.sum_ns.load(Relaxed) as f64 / 1e9;
+            view.sum_seconds = h.sum_us.load(Relaxed) as f64 / 1e6;
         }
         view
     }
