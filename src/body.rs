@@ -289,7 +289,6 @@ impl Body for ResponseBody {
 /// gRPC reports failure in `grpc-status`, in trailers or in a trailers-only
 /// response's headers; anything but `0` counts as a 5xx.
 pub fn grpc_failed(headers: &http::HeaderMap) -> bool {
-    headers
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() != b"0")
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    crate::proxy::headers::find(headers, &GRPC_STATUS).is_some_and(|v| v.as_bytes() != b"0")
 }

@@ -72,7 +72,7 @@ impl Route {
     /// The backend index for a request: override, sticky, or weighted draw.
     pub fn pick(&self, headers: &HeaderMap) -> usize {
         if let Some(name) = &self.override_header {
-            if let Some(v) = headers.get(name) {
+            if let Some(v) = crate::proxy::headers::find(headers, name) {
                 if let Some(i) = self
                     .backends
                     .iter()
@@ -84,7 +84,9 @@ impl Route {
         }
         if let Some(key) = &self.sticky {
             let value = match key {
-                StickyKey::Header(h) => headers.get(h).map(|v| v.as_bytes()),
+                StickyKey::Header(h) => {
+                    crate::proxy::headers::find(headers, h).map(|v| v.as_bytes())
+                }
                 StickyKey::Cookie(c) => headers
                     .get_all(http::header::COOKIE)
                     .iter()

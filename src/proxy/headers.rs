@@ -51,6 +51,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The first value of a field with a name outside the standard set, found
+/// by comparing names rather than by a map lookup: looking up such a name
+/// hashes it, which costs more than walking the handful of fields a message
+/// carries (names of other lengths are told apart by their length).
+pub fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -90,17 +98,31 @@ impl ForwardedFields {
                 host: None,
             };
         }
-        let mut chain = headers.get_all(&X_FORWARDED_FOR).iter();
-        let xff = match (chain.next(), chain.next()) {
+        // One pass comparing names, not two lookups: finding a custom name
+        // in the map hashes it, which cost more than walking the handful of
+        // fields a request carries.
+        let (mut first, mut more, mut has_proto) = (None, false, false);
+        for (name, value) in headers {
+            if *name == X_FORWARDED_FOR {
+                more |= first.is_some();
+                first.get_or_insert(value);
+            } else if *name == X_FORWARDED_PROTO {
+                has_proto = true;
+            }
+        }
+        let xff = match (first, more) {
             (None, _) => peer.clone(),
-            (Some(first), None) => join(&[first.as_bytes()], peer),
-            (Some(first), Some(second)) => {
-                let mut parts = vec![first.as_bytes(), second.as_bytes()];
-                parts.extend(chain.map(|v| v.as_bytes()));
+            (Some(first), false) => join(&[first.as_bytes()], peer),
+            (Some(_), true) => {
+                let parts: Vec<&[u8]> = headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes)
+                    .collect();
                 join(&parts, peer)
             }
         };
-        let xfp = (!headers.contains_key(&X_FORWARDED_PROTO)).then(|| proto.clone());
+        let xfp = (!has_proto).then(|| proto.clone());
         ForwardedFields {
             xff,
             xfp,
@@ -188,5 +210,29 @@ mod tests {
         fields.insert_into(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn forwarded_chain_in_order_among_other_fields() {
+        let peer = HeaderValue::from_static("10.0.0.9");
+        let proto = HeaderValue::from_static("http");
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a.test"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append("x-other", HeaderValue::from_static("x"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("4.4.4.4"));
+        let fields = ForwardedFields::new(&h, &peer, &proto, false);
+        assert_eq!(fields.xff, "1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4, 10.0.0.9");
+        assert_eq!(fields.xfp.as_ref().unwrap(), "http", "none sent: set");
+        let mut one = HeaderMap::new();
+        one.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        let fields = ForwardedFields::new(&one, &peer, &proto, false);
+        assert_eq!(fields.xff, "1.1.1.1, 10.0.0.9");
+        let fields = ForwardedFields::new(&HeaderMap::new(), &peer, &proto, false);
+        assert_eq!(fields.xff, "10.0.0.9");
     }
 }
