@@ -22,6 +22,14 @@ fn limited(b: &Backend, limits: &str) -> String {
     one(b.name, b.url()).replace("routes:", &format!("limits: {limits}\nroutes:"))
 }
 
+/// A proxy with one listener, the admin API and these route lines.
+async fn start_with_routes(routes: &str) -> sluice::server::Running {
+    start_proxy(&format!(
+        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n{routes}"
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_cleaned_and_forwarded_for_is_set() {
     let b = Backend::start("b").await;
@@ -85,13 +93,13 @@ async fn bodies_stream_both_ways() {
 async fn h2c_from_clients_and_to_backends() {
     let h1 = Backend::start("h1").await;
     let h2 = Backend::start_h2c("h2").await;
-    let yaml = format!(
-        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+    let routes = format!(
+        "\
   - {{ name: grpc, match: {{ path_prefix: /grpc }}, backends: [{{ name: h2, url: \"{}\", protocol: h2c }}] }}\n\
   - {{ name: web, backends: [{{ name: h1, url: \"{}\" }}] }}\n",
         h2.url(), h1.url()
     );
-    let p = start_proxy(&yaml).await;
+    let p = start_with_routes(&routes).await;
     for c in [client(), h2_client()] {
         let base = format!("http://{}", p.proxy_addr());
         assert_eq!(
@@ -132,15 +140,15 @@ async fn broken_backends_give_502_and_slow_ones_504() {
     let (reset, _t1) = start_broken(false).await;
     let (garbage, _t2) = start_broken(true).await;
     let slow = slow_backend().await;
-    let yaml = format!(
-        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+    let routes = format!(
+        "\
   - {{ name: refused, match: {{ path_prefix: /refused }}, backends: [{{ name: x, url: \"http://{refused}\" }}] }}\n\
   - {{ name: reset, match: {{ path_prefix: /reset }}, backends: [{{ name: x, url: \"http://{reset}\" }}] }}\n\
   - {{ name: garbage, match: {{ path_prefix: /garbage }}, backends: [{{ name: x, url: \"http://{garbage}\" }}] }}\n\
   - {{ name: slow, timeout: 200ms, backends: [{{ name: x, url: \"{}\" }}] }}\n",
         slow.url()
     );
-    let p = start_proxy(&yaml).await;
+    let p = start_with_routes(&routes).await;
     let base = format!("http://{}", p.proxy_addr());
     for path in ["refused", "reset", "garbage"] {
         let (s, body) = status_of(format!("{base}/{path}")).await;
@@ -177,8 +185,8 @@ async fn broken_backends_give_502_and_slow_ones_504() {
 async fn route_timeouts_hold_across_requests_on_one_connection() {
     let fast = Backend::start("fast").await;
     let slow = slow_backend().await;
-    let yaml = format!(
-        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+    let routes = format!(
+        "\
   - {{ name: long, timeout: 5s, match: {{ path_prefix: /long }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
   - {{ name: short, timeout: 300ms, match: {{ path_prefix: /short }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
   - {{ name: brisk, timeout: 150ms, match: {{ path_prefix: /brisk }}, backends: [{{ name: x, url: \"{f}\" }}] }}\n\
@@ -186,7 +194,7 @@ async fn route_timeouts_hold_across_requests_on_one_connection() {
         f = fast.url(),
         s = slow.url()
     );
-    let p = start_proxy(&yaml).await;
+    let p = start_with_routes(&routes).await;
     let base = format!("http://{}", p.proxy_addr());
     for (proto, c) in [("h1", client()), ("h2", h2_client())] {
         let status = |path: &str| {
@@ -313,14 +321,14 @@ async fn read_response(s: &mut TcpStream) -> String {
 async fn an_absolute_form_target_names_the_host_over_the_host_field() {
     let shop = Backend::start("shop").await;
     let other = Backend::start("other").await;
-    let yaml = format!(
-        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+    let routes = format!(
+        "\
   - {{ name: shop, match: {{ host: shop.test }}, backends: [{{ name: shop, url: \"{}\" }}] }}\n\
   - {{ name: other, match: {{ host: other.test }}, backends: [{{ name: other, url: \"{}\" }}] }}\n",
         shop.url(),
         other.url()
     );
-    let p = start_proxy(&yaml).await;
+    let p = start_with_routes(&routes).await;
     let mut s = TcpStream::connect(p.proxy_addr()).await.unwrap();
     s.write_all(b"GET http://user@Shop.test:8080/abs?x=1 HTTP/1.1\r\nhost: other.test\r\n\r\n")
         .await
@@ -447,12 +455,12 @@ async fn limits_fire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_requests_get_404() {
     let b = Backend::start("b").await;
-    let yaml = format!(
-        "listeners: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\nroutes:\n\
+    let routes = format!(
+        "\
   - {{ name: only, match: {{ path_prefix: /api }}, backends: [{{ name: b, url: \"{}\" }}] }}\n",
         b.url()
     );
-    let p = start_proxy(&yaml).await;
+    let p = start_with_routes(&routes).await;
     let (s, body) = status_of(format!("http://{}/other", p.proxy_addr())).await;
     assert_eq!(s, 404, "{body}");
     assert_eq!(b.state.seen(), 0);

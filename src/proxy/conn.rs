@@ -9,21 +9,15 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use crossbeam_utils::atomic::AtomicCell;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-
-/// Route-timeout timers a connection keeps between its requests: one for
-/// HTTP/1.1, which serves a request at a time; up to this many for
-/// HTTP/2's concurrent streams. Few: a kept timer holds the waker of the
-/// last task that polled it, on HTTP/2 a finished stream's, whose memory
-/// stays until the timer is polled again or fires.
-const SPARE_TIMERS: usize = 4;
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.
@@ -44,14 +38,27 @@ pub struct ConnState {
     open_bodies: AtomicU32,
     /// HTTP/2 multiplexes: frames between requests are not a head being read.
     multiplexed: AtomicBool,
-    /// Route-timeout timers of finished requests, for the next ones. A
-    /// request's timer is almost never due (the backend answers first); a
-    /// fresh timer takes the time driver's lock to register and again to
-    /// deregister (about 2 % of a request's instructions), a kept one is
-    /// left where it is when it is due no later than the new deadline, and
-    /// moved on only when it fires early: about once per route timeout per
-    /// busy connection.
-    spare_timers: Mutex<Vec<Pin<Box<Sleep>>>>,
+    /// The route-timeout timer of the last finished request, for the next
+    /// one. A request's timer is almost never due (the backend answers
+    /// first); a fresh timer takes the time driver's lock to register and
+    /// again to deregister (about 2 % of a request's instructions), a kept
+    /// one is left where it is when it is due no later than the new
+    /// deadline, and moved on only when it fires early: about once per route
+    /// timeout per busy connection. One slot, taken and put back with an
+    /// atomic swap: HTTP/1.1 serves a request at a time; concurrent HTTP/2
+    /// streams beyond the first get timers of their own.
+    spare_timer: SpareTimer,
+}
+
+/// A slot for one timer (its own type only because `AtomicCell` shows its
+/// contents in `Debug`, which a timer it would have to copy out cannot).
+#[derive(Default)]
+struct SpareTimer(AtomicCell<Option<Pin<Box<Sleep>>>>);
+
+impl std::fmt::Debug for SpareTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpareTimer")
+    }
 }
 
 impl ConnState {
@@ -81,16 +88,11 @@ impl ConnState {
         BodyOpen(Some(self.clone()))
     }
 
-    /// A timer due no later than `deadline`: a spare one (moved only if it
+    /// A timer due no later than `deadline`: the spare one (moved only if it
     /// was due later; one due earlier is moved on when it fires, see
     /// `proxy::service::within`), or a new one.
     pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        let spare = self
-            .spare_timers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        match spare {
+        match self.spare_timer.0.take() {
             Some(mut t) => {
                 if t.deadline() > deadline {
                     t.as_mut().reset(deadline);
@@ -103,24 +105,12 @@ impl ConnState {
 
     /// Keeps a finished request's timer for the next request.
     pub fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
-        let mut spare = self
-            .spare_timers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < SPARE_TIMERS {
-            spare.push(timer);
-        }
+        self.spare_timer.0.store(Some(timer));
     }
 
-    /// Drops the spare timers (a parked connection keeps only its socket).
-    pub fn drop_timers(&self) {
-        let spare = std::mem::take(
-            &mut *self
-                .spare_timers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        drop(spare);
+    /// Drops the spare timer (a parked connection keeps only its socket).
+    pub fn drop_timer(&self) {
+        self.spare_timer.0.take();
     }
 
     fn request_finished(&self) {
@@ -443,6 +433,12 @@ mod tests {
         park: Some(Duration::from_millis(250)),
         ..T
     };
+
+    /// The spare timer's slot is a plain atomic swap, no lock behind it.
+    #[test]
+    fn the_spare_timer_slot_is_lock_free() {
+        assert!(AtomicCell::<Option<Pin<Box<Sleep>>>>::is_lock_free());
+    }
 
     #[test]
     fn idle_expires_only_without_requests() {
