@@ -13,6 +13,7 @@
 #   H2=1 benches/instructions.sh
 #   MINIMAL=1 benches/instructions.sh
 #   BIN=/path/to/other/sluice benches/instructions.sh
+#   CACHE=1 benches/instructions.sh         # also simulate the caches (slower)
 #
 # Keeps the profile (callgrind_annotate it to see where the instructions go).
 set -euo pipefail
@@ -36,7 +37,8 @@ else
 fi
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
-taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+cachesim=(); [ "${CACHE:-0}" = 1 ] && cachesim=(--cache-sim=yes)
+taskset -c 0 valgrind --tool=callgrind "${cachesim[@]}" --callgrind-out-file="$OUT/callgrind.out" \
   "$BIN" run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & VG=$!; PIDS+=("$VG")
 wait_port "$PORT"
 proto=(--h1); [ "$H2" = 1 ] && proto=(-m 10)
@@ -46,3 +48,8 @@ taskset -c 1 h2load "${proto[@]}" -n "$N" -c 16 "http://127.0.0.1:$PORT/" | grep
 callgrind_control -d "$VG" >/dev/null
 total=$(awk '/^totals:/{print $2}' "$OUT/callgrind.out.1")
 echo "$total instructions for $N requests: $((total / N)) per proxied request ($BIN)" | tee "$OUT/summary.txt"
+if [ "${CACHE:-0}" = 1 ]; then
+  # Events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw (valgrind's model of this machine's caches).
+  awk -v n="$N" '/^totals:/{printf "per request: first-level misses %.0f (instructions %.0f, data %.0f), last-level %.1f\n", ($5+$6+$7)/n, $5/n, ($6+$7)/n, ($8+$9+$10)/n}' \
+    "$OUT/callgrind.out.1" | tee -a "$OUT/summary.txt"
+fi

@@ -5,6 +5,7 @@
 # for N in $COUNTS. RSS of the whole process tree, upstream pool included.
 #
 #   benches/memory.sh                 # COUNTS="1000 10000"
+#   BIN=/path/to/other/sluice benches/memory.sh
 #
 # Loopback only; each target is stopped by PID after its measurement.
 set -euo pipefail
@@ -16,6 +17,7 @@ OUT=${OUT:-target/bench-memory/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(c
 need nginx nginx
 ulimit -n "$(ulimit -Hn)"
 cargo build -q --release --bin sluice --example bench_backend
+BIN=${BIN:-target/release/sluice}
 
 
 cat >"$OUT/sluice.yaml" <<YAML
@@ -42,7 +44,7 @@ target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&
 wait_port "$BPORT"
 for n in $COUNTS; do for mode in request silent; do for t in $TARGETS; do
   case $t in
-    sluice) target/release/sluice --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
+    sluice) "$BIN" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;
     nginx) nginx -p "$OUT/" -c "$OUT/nginx.conf" >>"$OUT/nginx.log" 2>&1 & ;;
   esac
   pid=$!; PIDS+=("$pid"); wait_port "$PORT"

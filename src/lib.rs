@@ -5,7 +5,7 @@
 //! request's outcome is measured inline ([`stats`]). The binary in
 //! `src/main.rs` is a thin shell over [`server::start`].
 
-// One exception, `memory::trim`: a call into the C allocator.
+// One exception, `memory::trim`: a call into the allocator (mimalloc).
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -1,10 +1,16 @@
 //! Handing the memory of parked connections back to the system.
 //!
-//! glibc's allocator keeps freed chunks in its arenas, so the 16 KiB of
-//! buffers a parked connection frees would still count in RSS, interleaved
-//! with live allocations it can never trim from the top. `malloc_trim`
-//! returns whole free pages from anywhere in the arenas. It runs on its own
-//! thread, only after connections were parked, never on a busy proxy.
+//! The binary's allocator, mimalloc, gives the pages of freed memory back
+//! to the system a while after they became free (its purge delay, a
+//! second), but only when some thread next calls into it past that delay:
+//! a proxy whose connections all went quiet and parked makes no such call,
+//! and would keep the 16 KiB of buffers each parked connection freed
+//! (22.5 KiB per idle keep-alive connection at 1 000 connections, measured,
+//! against 4.6 KiB with them given back). A side thread asks
+//! mimalloc to give back what is free now, program-wide (`mi_collect`),
+//! only after connections were parked, never on a busy proxy. A purge delay
+//! of zero would do it without the thread, but at load it cost a page fault
+//! per request and a system call every dozen (measured).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -38,15 +44,13 @@ pub fn freed(bytes: usize) {
     });
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn trim() {
-    // SAFETY: malloc_trim only releases free memory; it takes the arenas'
-    // locks itself.
+    // SAFETY: mi_collect takes no pointers and is safe from any thread;
+    // forced, it purges every free page that went back to mimalloc's
+    // arenas, whichever thread freed it. In a process whose global allocator is not mimalloc (the
+    // library's tests) it finds nothing to give back.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
