@@ -109,20 +109,42 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
 /// The route timeout ran out before the backend answered.
 struct Elapsed;
 
-/// `fut`'s output, or [`Elapsed`] at `deadline`: `tokio::time::timeout`
-/// with a timer the caller keeps for reuse, which may be due earlier than
-/// `deadline` (see [`ConnState::timer`]): then it is moved on and waited
-/// for again.
-async fn within<F: Future>(
+pin_project_lite::pin_project! {
+    /// `fut`'s output, or [`Elapsed`] at `deadline`: `tokio::time::timeout`
+    /// with a timer the caller keeps for reuse, which may be due earlier
+    /// than `deadline` (see [`ConnState::timer`]): then it is moved on and
+    /// waited for again. A future of its own rather than an `async fn`,
+    /// whose argument would be moved once more into the pinned local it
+    /// polls: the backend exchange's future is large, and each move is a
+    /// `memcpy` of all of it.
+    struct Within<'t, F> {
+        timer: &'t mut Pin<Box<Sleep>>,
+        deadline: tokio::time::Instant,
+        #[pin]
+        fut: F,
+    }
+}
+
+fn within<F: Future>(
     timer: &mut Pin<Box<Sleep>>,
     deadline: tokio::time::Instant,
     fut: F,
-) -> Result<F::Output, Elapsed> {
-    use tokio::task::coop;
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
+) -> Within<'_, F> {
+    Within {
+        timer,
+        deadline,
+        fut,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        use tokio::task::coop;
+        let this = self.project();
         let had_budget = coop::has_budget_remaining();
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
         // As in `tokio::time::timeout`: when `fut` spent the task's budget
@@ -131,18 +153,17 @@ async fn within<F: Future>(
         let unconstrained = had_budget && !coop::has_budget_remaining();
         loop {
             let fired = if unconstrained {
-                Pin::new(&mut coop::unconstrained(timer.as_mut())).poll(cx)
+                Pin::new(&mut coop::unconstrained(this.timer.as_mut())).poll(cx)
             } else {
-                timer.as_mut().poll(cx)
+                this.timer.as_mut().poll(cx)
             };
             std::task::ready!(fired);
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= *this.deadline {
                 return Poll::Ready(Err(Elapsed));
             }
-            timer.as_mut().reset(deadline);
+            this.timer.as_mut().reset(*this.deadline);
         }
-    })
-    .await
+    }
 }
 
 impl ProxyService {
@@ -239,14 +260,13 @@ impl ProxyService {
             open,
         );
         let progress = body.progress();
-        let upstream_req = Request::from_parts(parts, body);
 
         let deadline = tokio::time::Instant::from_std(started + route.timeout);
         let mut timer = self.0.conn.timer(deadline);
         let result = within(
             &mut timer,
             deadline,
-            backend.pool.send(upstream_req, forwarded),
+            backend.pool.send(parts, body, forwarded),
         )
         .await;
         self.0.conn.keep_timer(timer);

@@ -189,12 +189,19 @@ impl Pool {
 
     /// Sends a request to the backend. An HTTP/1.1 connection goes back to
     /// the pool when the response body has been read to its end.
+    ///
+    /// Takes the request in parts: a `Request` argument, taken apart here,
+    /// would keep a slot of its own in this future beside the parts, and
+    /// the future is moved whole (a `memcpy` of all of it) on its way to
+    /// being polled.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        parts: http::request::Parts,
+        body: RequestBody,
         forwarded: ForwardedFields,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(client) = &self.h2 {
+            let mut req = Request::from_parts(parts, body);
             forwarded.insert_into(req.headers_mut());
             return client
                 .request(req)
@@ -202,7 +209,6 @@ impl Pool {
                 .map(|r| r.map(Either::Right))
                 .map_err(UpstreamError::classify);
         }
-        let (parts, body) = req.into_parts();
         let has_body = !body.is_end_stream();
         let chunked = h1::chunked(&parts.headers, has_body);
         let mut upload = has_body.then(|| h1::Upload::new(body, chunked));
