@@ -37,6 +37,7 @@ load "$PORT_A" >/dev/null; load "$PORT_B" >/dev/null   # warm-up
 echo "pair a_rps b_rps a/b" | tee "$OUT/pairs.txt"
 for i in $(seq "$PAIRS"); do
   if [ $((i % 2)) = 1 ]; then a=$(load "$PORT_A"); b=$(load "$PORT_B"); else b=$(load "$PORT_B"); a=$(load "$PORT_A"); fi
+  if [ "${a:-0}" -le 0 ] || [ "${b:-0}" -le 0 ]; then echo "pair $i: a load measured nothing (A: '$a', B: '$b')" >&2; exit 1; fi
   echo "$i $a $b $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.3f", a/b}')" | tee -a "$OUT/pairs.txt"
 done
 awk 'NR>1{print $4}' "$OUT/pairs.txt" | sort -n |

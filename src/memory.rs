@@ -6,9 +6,10 @@
 //! a proxy whose connections all went quiet and parked makes no such call,
 //! and would keep the 16 KiB of buffers each parked connection freed
 //! (22.5 KiB per idle keep-alive connection at 1 000 connections, measured,
-//! against 4.6 KiB with them given back). A side thread asks
-//! mimalloc to give back what is free now, program-wide (`mi_collect`),
-//! only after connections were parked, never on a busy proxy. A purge delay
+//! against 4.6–5.3 KiB with them given back). A side thread asks
+//! mimalloc to give back the free pages its arenas hold now, whichever
+//! thread freed them (`mi_collect`), only after connections were parked,
+//! never on a busy proxy. A purge delay
 //! of zero would do it without the thread, but at load it cost a page fault
 //! per request and a system call every dozen (measured).
 
@@ -46,11 +47,18 @@ pub fn freed(bytes: usize) {
 
 #[allow(unsafe_code)]
 fn trim() {
-    // SAFETY: mi_collect takes no pointers and is safe from any thread;
-    // forced, it purges every free page that went back to mimalloc's
-    // arenas, whichever thread freed it. In a process whose global allocator is not mimalloc (the
-    // library's tests) it finds nothing to give back.
+    // SAFETY: neither call takes pointers; both are safe from any thread.
+    // mi_collect collects the calling thread's own heap and then, forced,
+    // purges every free page that went back to mimalloc's arenas,
+    // whichever thread freed it; on a thread whose heap was never set up
+    // (this one allocates nothing itself) it would return before the
+    // purge, hence mi_thread_init first (which does nothing the second
+    // time). Pages a worker still holds (the last free page it keeps per
+    // size, blocks another thread freed into its pages) wait for that
+    // worker's next allocations. In a process whose global allocator is
+    // not mimalloc (the library's tests) there is nothing to give back.
     unsafe {
+        libmimalloc_sys::mi_thread_init();
         libmimalloc_sys::mi_collect(true);
     }
 }
