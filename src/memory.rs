@@ -6,12 +6,12 @@
 //! a proxy whose connections all went quiet and parked makes no such call,
 //! and would keep the 16 KiB of buffers each parked connection freed
 //! (22.5 KiB per idle keep-alive connection at 1 000 connections, measured,
-//! against 4.6–5.3 KiB with them given back). A side thread asks
-//! mimalloc to give back the free pages its arenas hold now, whichever
-//! thread freed them (`mi_collect`), only after connections were parked,
-//! never on a busy proxy. A purge delay
-//! of zero would do it without the thread, but at load it cost a page fault
-//! per request and a system call every dozen (measured).
+//! against 4.6–5.3 KiB with them given back). A side thread asks mimalloc
+//! to give back the free pages its arenas hold now, whichever thread freed
+//! them (`mi_collect`), only after connections were parked, never on a
+//! busy proxy. A purge delay of zero would do it without the thread, but
+//! at load it cost a page fault per request and a system call every dozen
+//! (measured).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;

@@ -125,18 +125,6 @@ pin_project_lite::pin_project! {
     }
 }
 
-fn within<F: Future>(
-    timer: &mut Pin<Box<Sleep>>,
-    deadline: tokio::time::Instant,
-    fut: F,
-) -> Within<'_, F> {
-    Within {
-        timer,
-        deadline,
-        fut,
-    }
-}
-
 impl<F: Future> Future for Within<'_, F> {
     type Output = Result<F::Output, Elapsed>;
 
@@ -263,11 +251,11 @@ impl ProxyService {
 
         let deadline = tokio::time::Instant::from_std(started + route.timeout);
         let mut timer = self.0.conn.timer(deadline);
-        let result = within(
-            &mut timer,
+        let result = Within {
+            timer: &mut timer,
             deadline,
-            backend.pool.send(parts, body, forwarded),
-        )
+            fut: backend.pool.send(parts, body, forwarded),
+        }
         .await;
         self.0.conn.keep_timer(timer);
         let latency = started.elapsed();
