@@ -9,11 +9,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::atomic::AtomicCell;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -44,20 +45,30 @@ pub struct ConnState {
     /// again to deregister (about 2 % of a request's instructions), a kept
     /// one is left where it is when it is due no later than the new
     /// deadline, and moved on only when it fires early: about once per route
-    /// timeout per busy connection. One slot, taken and put back with an
-    /// atomic swap: HTTP/1.1 serves a request at a time; concurrent HTTP/2
-    /// streams beyond the first get timers of their own.
-    spare_timer: SpareTimer,
+    /// timeout per busy connection.
+    spare_timer: SpareTimers,
 }
 
-/// A slot for one timer (its own type only because `AtomicCell` shows its
-/// contents in `Debug`, which a timer it would have to copy out cannot).
+/// Timers kept for the next requests: one slot, taken and put back with an
+/// atomic swap, which is all HTTP/1.1 needs (a request at a time), and for
+/// HTTP/2's concurrent streams a bounded queue beside it, made when a
+/// connection first has two to keep. (A type of its own also because
+/// `AtomicCell` shows its contents in `Debug`, which a timer it would have
+/// to copy out cannot.)
 #[derive(Default)]
-struct SpareTimer(AtomicCell<Option<Pin<Box<Sleep>>>>);
+struct SpareTimers {
+    first: AtomicCell<Option<Pin<Box<Sleep>>>>,
+    more: OnceLock<ArrayQueue<Pin<Box<Sleep>>>>,
+}
 
-impl std::fmt::Debug for SpareTimer {
+/// How many timers an HTTP/2 connection keeps beyond the first: enough for
+/// the streams a client keeps in flight at once (h2load's default is 10,
+/// browsers use a few); a timer beyond them is dropped.
+const MORE_TIMERS: usize = 15;
+
+impl std::fmt::Debug for SpareTimers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SpareTimer")
+        f.write_str("SpareTimers")
     }
 }
 
@@ -92,7 +103,8 @@ impl ConnState {
     /// was due later; one due earlier is moved on when it fires, see
     /// `proxy::service::within`), or a new one.
     pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        match self.spare_timer.0.take() {
+        let spare = &self.spare_timer;
+        match spare.first.take().or_else(|| spare.more.get()?.pop()) {
             Some(mut t) => {
                 if t.deadline() > deadline {
                     t.as_mut().reset(deadline);
@@ -105,12 +117,24 @@ impl ConnState {
 
     /// Keeps a finished request's timer for the next request.
     pub fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
-        self.spare_timer.0.store(Some(timer));
+        let spare = &self.spare_timer;
+        if let Some(second) = spare.first.swap(Some(timer)) {
+            if self.multiplexed.load(Relaxed) {
+                // Full: the timer is dropped, as it would be unkept.
+                let _ = spare
+                    .more
+                    .get_or_init(|| ArrayQueue::new(MORE_TIMERS))
+                    .push(second);
+            }
+        }
     }
 
-    /// Drops the spare timer (a parked connection keeps only its socket).
+    /// Drops the spare timers (a parked connection keeps only its socket).
     pub fn drop_timer(&self) {
-        self.spare_timer.0.take();
+        self.spare_timer.first.take();
+        if let Some(more) = self.spare_timer.more.get() {
+            while more.pop().is_some() {}
+        }
     }
 
     fn request_finished(&self) {
@@ -438,6 +462,41 @@ mod tests {
     #[test]
     fn the_spare_timer_slot_is_lock_free() {
         assert!(AtomicCell::<Option<Pin<Box<Sleep>>>>::is_lock_free());
+    }
+
+    /// HTTP/1.1 keeps one timer; HTTP/2 keeps one per stream that was in
+    /// flight at once, up to a bound, and hands them out again.
+    #[tokio::test]
+    async fn spare_timers_one_for_http1_several_for_http2() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let h1 = ConnState::new();
+        let (a, b) = (h1.timer(deadline), h1.timer(deadline));
+        h1.keep_timer(a);
+        h1.keep_timer(b);
+        assert!(h1.spare_timer.more.get().is_none(), "one slot only");
+        let h2 = ConnState::new();
+        h2.set_multiplexed();
+        let timers: Vec<_> = (0..MORE_TIMERS + 3).map(|_| h2.timer(deadline)).collect();
+        let kept: Vec<*const Sleep> = timers.iter().map(|t| &**t as *const Sleep).collect();
+        for t in timers {
+            h2.keep_timer(t);
+        }
+        assert_eq!(h2.spare_timer.more.get().unwrap().len(), MORE_TIMERS);
+        let again: Vec<_> = (0..MORE_TIMERS + 1).map(|_| h2.timer(deadline)).collect();
+        assert!(
+            again.iter().all(|t| kept.contains(&(&**t as *const Sleep))),
+            "the kept timers come back"
+        );
+        assert!(
+            h2.spare_timer.more.get().unwrap().is_empty(),
+            "all handed out"
+        );
+        for t in again {
+            h2.keep_timer(t);
+        }
+        h2.drop_timer();
+        assert!(h2.spare_timer.first.take().is_none());
+        assert!(h2.spare_timer.more.get().unwrap().is_empty());
     }
 
     #[test]

@@ -140,8 +140,7 @@ impl ForwardedFields {
     /// The `host` field for an HTTP/1.1 backend, when the target named one:
     /// host and port, without any user information.
     pub fn host_field(&self) -> Option<&str> {
-        let a = self.host.as_ref()?.as_str();
-        Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
+        Some(without_userinfo(self.host.as_ref()?.as_str()))
     }
 
     /// Puts the fields into a header map.
@@ -150,6 +149,37 @@ impl ForwardedFields {
         if let Some(xfp) = self.xfp {
             headers.insert(X_FORWARDED_PROTO.clone(), xfp);
         }
+    }
+}
+
+/// An authority without its user information (`user@`), if any.
+///
+/// A byte loop rather than `rsplit_once('@')`: the string search behind that
+/// costs more than the twenty-odd bytes of an authority, on every request.
+pub fn without_userinfo(authority: &str) -> &str {
+    match authority.bytes().rposition(|b| b == b'@') {
+        // Splitting after an ASCII byte keeps the `str` whole.
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    }
+}
+
+/// The host of a `Host` field or of an authority without user information:
+/// what is left without a port (`Authority::host`'s answer; an IPv6
+/// literal keeps its brackets). Text after the last `:` that is not all
+/// digits is no port and stays. A walk back over the port's digits, for the
+/// reason given at [`without_userinfo`].
+pub fn without_port(host_port: &str) -> &str {
+    let bytes = host_port.as_bytes();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    match bytes.len().checked_sub(digits + 1) {
+        // "[::1]" ends in ']', so its colons are never taken for a port's.
+        Some(colon) if bytes[colon] == b':' => &host_port[..colon],
+        _ => host_port,
     }
 }
 
@@ -166,6 +196,44 @@ fn join(parts: &[&[u8]], peer: &HeaderValue) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authority_hosts() {
+        for (authority, host) in [
+            ("a.test", "a.test"),
+            ("a.test:8080", "a.test"),
+            ("user:pw@a.test:8080", "a.test"),
+            ("u@v@a.test", "a.test"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("u@[fe80::1]:443", "[fe80::1]"),
+            ("127.0.0.1:18480", "127.0.0.1"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("a.test:", "a.test"),
+            ("a.test:http", "a.test:http"),
+            ("", ""),
+        ] {
+            assert_eq!(
+                without_port(without_userinfo(authority)),
+                host,
+                "{authority}"
+            );
+        }
+        // Parsed authorities: the same answer as `http`'s own.
+        for a in [
+            "a.test:8080",
+            "user:pw@a.test",
+            "[::1]:80",
+            "u@[::1]",
+            "1.2.3.4",
+        ] {
+            let parsed: http::uri::Authority = a.parse().unwrap();
+            let host = without_port(without_userinfo(parsed.as_str()));
+            assert_eq!(host, parsed.host(), "{a}");
+        }
+        assert_eq!(without_userinfo("user:pw@a.test:80"), "a.test:80");
+        assert_eq!(without_userinfo("a.test:80"), "a.test:80");
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

@@ -93,16 +93,13 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         (_, Some(_)) => return None,
         (field, None) => field,
     };
-    if let Some(a) = req.uri().authority() {
-        let host = a.host();
-        return (!host.is_empty()).then_some(host);
-    }
-    let authority = field?.to_str().ok()?;
-    let host = match authority.rsplit_once(':') {
-        // Keep IPv6 literals whole: "[::1]:80" → "[::1]".
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
+    // A `Host` field carries no user information (RFC 9110 7.2).
+    let host_port = match req.uri().authority() {
+        Some(a) => headers::without_userinfo(a.as_str()),
+        None => field?.to_str().ok()?,
     };
+    // Keeps IPv6 literals whole: "[::1]:80" → "[::1]".
+    let host = headers::without_port(host_port);
     (!host.is_empty()).then_some(host)
 }
 
