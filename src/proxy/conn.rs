@@ -39,8 +39,8 @@ pub struct ConnState {
     open_bodies: AtomicU32,
     /// HTTP/2 multiplexes: frames between requests are not a head being read.
     multiplexed: AtomicBool,
-    /// The route-timeout timer of the last finished request, for the next
-    /// one. A request's timer is almost never due (the backend answers
+    /// Route-timeout timers of finished requests, for the next ones. A
+    /// request's timer is almost never due (the backend answers
     /// first); a fresh timer takes the time driver's lock to register and
     /// again to deregister (about 2 % of a request's instructions), a kept
     /// one is left where it is when it is due no later than the new
@@ -52,7 +52,10 @@ pub struct ConnState {
 /// Timers kept for the next requests: one slot, taken and put back with an
 /// atomic swap, which is all HTTP/1.1 needs (a request at a time), and for
 /// HTTP/2's concurrent streams a bounded queue beside it, made when a
-/// connection first has two to keep. (A type of its own also because
+/// connection first has two to keep. A kept timer still holds the waker
+/// of the stream task that last polled it, and with it that task's small
+/// allocation, until the timer fires (within a route timeout) or is polled
+/// again: at most 16 per HTTP/2 connection. (A type of its own also because
 /// `AtomicCell` shows its contents in `Debug`, which a timer it would have
 /// to copy out cannot.)
 #[derive(Default)]
@@ -62,8 +65,8 @@ struct SpareTimers {
 }
 
 /// How many timers an HTTP/2 connection keeps beyond the first: enough for
-/// the streams a client keeps in flight at once (h2load's default is 10,
-/// browsers use a few); a timer beyond them is dropped.
+/// the streams a client keeps in flight at once (the benchmarks run h2load
+/// with ten a connection); a timer beyond them is dropped.
 const MORE_TIMERS: usize = 15;
 
 impl std::fmt::Debug for SpareTimers {

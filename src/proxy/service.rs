@@ -93,13 +93,11 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         (_, Some(_)) => return None,
         (field, None) => field,
     };
-    // A `Host` field carries no user information (RFC 9110 7.2).
-    let host_port = match req.uri().authority() {
-        Some(a) => headers::without_userinfo(a.as_str()),
-        None => field?.to_str().ok()?,
+    // IPv6 literals stay whole: "[::1]:80" → "[::1]".
+    let host = match req.uri().authority() {
+        Some(a) => headers::authority_host(a.as_str()),
+        None => headers::without_port(field?.to_str().ok()?),
     };
-    // Keeps IPv6 literals whole: "[::1]:80" → "[::1]".
-    let host = headers::without_port(host_port);
     (!host.is_empty()).then_some(host)
 }
 
