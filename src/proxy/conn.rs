@@ -46,7 +46,7 @@ pub struct ConnState {
     /// one is left where it is when it is due no later than the new
     /// deadline, and moved on only when it fires early: about once per route
     /// timeout per busy connection.
-    spare_timer: SpareTimers,
+    spare_timers: SpareTimers,
 }
 
 /// Timers kept for the next requests: one slot, taken and put back with an
@@ -104,9 +104,9 @@ impl ConnState {
 
     /// A timer due no later than `deadline`: the spare one (moved only if it
     /// was due later; one due earlier is moved on when it fires, see
-    /// `proxy::service::within`), or a new one.
+    /// `proxy::service::Within`), or a new one.
     pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        let spare = &self.spare_timer;
+        let spare = &self.spare_timers;
         match spare.first.take().or_else(|| spare.more.get()?.pop()) {
             Some(mut t) => {
                 if t.deadline() > deadline {
@@ -120,7 +120,7 @@ impl ConnState {
 
     /// Keeps a finished request's timer for the next request.
     pub fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
-        let spare = &self.spare_timer;
+        let spare = &self.spare_timers;
         if let Some(second) = spare.first.swap(Some(timer)) {
             if self.multiplexed.load(Relaxed) {
                 // Full: the timer is dropped, as it would be unkept.
@@ -133,9 +133,9 @@ impl ConnState {
     }
 
     /// Drops the spare timers (a parked connection keeps only its socket).
-    pub fn drop_timer(&self) {
-        self.spare_timer.first.take();
-        if let Some(more) = self.spare_timer.more.get() {
+    pub fn drop_timers(&self) {
+        self.spare_timers.first.take();
+        if let Some(more) = self.spare_timers.more.get() {
             while more.pop().is_some() {}
         }
     }
@@ -476,7 +476,7 @@ mod tests {
         let (a, b) = (h1.timer(deadline), h1.timer(deadline));
         h1.keep_timer(a);
         h1.keep_timer(b);
-        assert!(h1.spare_timer.more.get().is_none(), "one slot only");
+        assert!(h1.spare_timers.more.get().is_none(), "one slot only");
         let h2 = ConnState::new();
         h2.set_multiplexed();
         let timers: Vec<_> = (0..MORE_TIMERS + 3).map(|_| h2.timer(deadline)).collect();
@@ -484,22 +484,22 @@ mod tests {
         for t in timers {
             h2.keep_timer(t);
         }
-        assert_eq!(h2.spare_timer.more.get().unwrap().len(), MORE_TIMERS);
+        assert_eq!(h2.spare_timers.more.get().unwrap().len(), MORE_TIMERS);
         let again: Vec<_> = (0..MORE_TIMERS + 1).map(|_| h2.timer(deadline)).collect();
         assert!(
             again.iter().all(|t| kept.contains(&(&**t as *const Sleep))),
             "the kept timers come back"
         );
         assert!(
-            h2.spare_timer.more.get().unwrap().is_empty(),
+            h2.spare_timers.more.get().unwrap().is_empty(),
             "all handed out"
         );
         for t in again {
             h2.keep_timer(t);
         }
-        h2.drop_timer();
-        assert!(h2.spare_timer.first.take().is_none());
-        assert!(h2.spare_timer.more.get().unwrap().is_empty());
+        h2.drop_timers();
+        assert!(h2.spare_timers.first.take().is_none());
+        assert!(h2.spare_timers.more.get().unwrap().is_empty());
     }
 
     #[test]

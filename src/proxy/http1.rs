@@ -165,7 +165,7 @@ async fn active(
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
     if parking && !io.has_ahead() {
-        state.drop_timer();
+        state.drop_timers();
         crate::memory::freed(crate::memory::PARKED_CONNECTION_BYTES);
         tracing::trace!(%peer, "parked");
         // The bytes read ahead (rarely any) still hold hyper's whole read
