@@ -7,6 +7,8 @@
 #
 #   A=target/release/sluice B=/path/to/other/sluice benches/ab.sh
 #   PAIRS=8 DURATION=4 MODE=h2 ...   # MODE: h2 (h2load, 64 x 10 streams) or h1 (wrk, 256 connections)
+#   MODE=both ...                    # h1 on both cores: nothing pinned, two workers each,
+#                                    # wrk -t2 -c64 (load.sh's h1-2cores)
 #
 # Loopback only; every load is bounded by DURATION; every process it starts
 # is stopped on exit.
@@ -19,16 +21,20 @@ PORT_A=18380; PORT_B=18381; BPORT=19300
 OUT=${OUT:-target/bench-ab/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 need wrk wrk; need h2load nghttp2-client; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
-taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
+SUT_CPUS=0; LOAD_CPUS=1
+[ "$MODE" = both ] && { SUT_CPUS=0-1; LOAD_CPUS=0-1; }
+taskset -c "$LOAD_CPUS" target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
 sluice_config "$PORT_A" 19981 "$BPORT" >"$OUT/a.yaml"
 sluice_config "$PORT_B" 19982 "$BPORT" >"$OUT/b.yaml"
-taskset -c 0 "$A" --log-format json run --config "$OUT/a.yaml" --watch-interval 0s >"$OUT/a.log" 2>&1 & PIDS+=("$!")
-taskset -c 0 "$B" --log-format json run --config "$OUT/b.yaml" --watch-interval 0s >"$OUT/b.log" 2>&1 & PIDS+=("$!")
+taskset -c "$SUT_CPUS" "$A" --log-format json run --config "$OUT/a.yaml" --watch-interval 0s >"$OUT/a.log" 2>&1 & PIDS+=("$!")
+taskset -c "$SUT_CPUS" "$B" --log-format json run --config "$OUT/b.yaml" --watch-interval 0s >"$OUT/b.log" 2>&1 & PIDS+=("$!")
 wait_port "$PORT_A"; wait_port "$PORT_B"
 load() {
   if [ "$MODE" = h2 ]; then
     taskset -c 1 h2load -c 64 -m 10 -D "$DURATION" "http://127.0.0.1:$1/" | awk '/^finished/{print int($4)}'
+  elif [ "$MODE" = both ]; then
+    taskset -c 0-1 wrk -t2 -c64 -d"${DURATION}s" "http://127.0.0.1:$1/" | awk '/Requests\/sec/{print int($2)}'
   else
     taskset -c 1 wrk -t1 -c256 -d"${DURATION}s" "http://127.0.0.1:$1/" | awk '/Requests\/sec/{print int($2)}'
   fi

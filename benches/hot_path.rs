@@ -69,6 +69,8 @@ fn backend_pick(c: &mut Criterion) {
 }
 
 fn stats_record(c: &mut Criterion) {
+    // Stats made for two workers, as on a two-core machine.
+    sluice::worker::reserve(2);
     let t = table(1);
     let stats = t.routes[0].backends[0].stats.clone();
     c.bench_function("stats record (window, lifetime, Prometheus)", |b| {
@@ -79,25 +81,35 @@ fn stats_record(c: &mut Criterion) {
             )
         })
     });
-    // Two workers serving one backend write the same atomics: the price of
-    // a record whose cache lines another core keeps taking away, against
-    // the same with the other thread recording into a backend of its own.
+    // Two workers serving one backend record into shards of their own; two
+    // threads counted as the same worker (more workers than shards) write
+    // the same atomics, the price of a record whose cache lines another
+    // core keeps taking away; a thread recording into a backend of its own
+    // is the floor.
     let t2 = table(2);
     let other = t2.routes[1].backends[0].stats.clone();
-    for (name, theirs) in [
+    for (name, theirs, worker) in [
         (
-            "stats record, another core recording into the same backend",
+            "stats record, another worker recording into the same backend",
             stats.clone(),
+            1,
+        ),
+        (
+            "stats record, another thread in the same shard of the same backend",
+            stats.clone(),
+            0,
         ),
         (
             "stats record, another core recording into another backend",
             other,
+            1,
         ),
     ] {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rival = {
             let stop = stop.clone();
             std::thread::spawn(move || {
+                sluice::worker::set_current(worker);
                 // Bounded: stops when told, or after a minute at most.
                 let until = std::time::Instant::now() + Duration::from_secs(60);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed)

@@ -27,3 +27,4 @@ pub mod state;
 pub mod stats;
 pub mod table;
 pub mod upstream;
+pub mod worker;

@@ -83,7 +83,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    crate::upstream::reserve_workers(workers);
+    crate::worker::reserve(workers);
     // One accepting socket per listener per worker, all on the same address.
     let mut sockets: Vec<crate::proxy::Sockets> = (0..workers).map(|_| Vec::new()).collect();
     let mut proxy_addrs = Vec::new();
@@ -141,7 +141,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         let spawned = std::thread::Builder::new()
             .name(format!("sluice-worker-{i}"))
             .spawn(move || {
-                crate::upstream::set_worker(i);
+                crate::worker::set_current(i);
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

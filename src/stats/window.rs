@@ -4,6 +4,11 @@
 //! Recording is O(1) atomics on the request path; reading sums the slots off
 //! the path. Time is passed in (seconds on a monotonic clock) so tests drive
 //! it directly.
+//!
+//! Both the window and the lifetime counts are kept in shards, one per
+//! worker (up to [`MAX_SHARDS`]): with one set of counters, two workers
+//! recording the same backend pulled the same cache lines back and forth
+//! between cores on every request. Readers sum the shards.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -91,13 +96,36 @@ fn bucket_value(index: usize) -> f64 {
     low as f64 + width as f64 / 2.0
 }
 
+/// How many shards a window or lifetime keeps at most. Each shard of a
+/// busy backend's window holds a minute of latency histograms, so beyond
+/// this many workers, workers share shards.
+pub const MAX_SHARDS: usize = 4;
+
+/// A slot's histogram is kept in chunks of 32 buckets (below 64 µs two
+/// chunks, then one per power of two), each allocated when a latency first
+/// falls in it. A backend's latencies span a few powers of two, so a busy
+/// second holds a few chunks of 128 bytes instead of all 28 (3.5 KiB), and
+/// a minute of them per shard tens of KiB instead of 214.
+const CHUNK: usize = SUB;
+const CHUNKS: usize = BUCKETS / CHUNK;
+const _: () = assert!(BUCKETS % CHUNK == 0);
+
+type Chunk = [AtomicU32; CHUNK];
+type Chunks = [OnceLock<Box<Chunk>>; CHUNKS];
+
+fn shard_count() -> usize {
+    crate::worker::count().clamp(1, MAX_SHARDS)
+}
+
+/// Aligned to a cache line so that two workers' shards never share one.
+#[repr(align(64))]
 struct Slot {
     /// Which second this slot currently holds; `u64::MAX` when never used.
     epoch: AtomicU64,
     classes: [AtomicU64; 5],
     /// Allocated the first time the slot records, so idle backends of a large
-    /// table cost only their slot headers.
-    latency: OnceLock<Box<[AtomicU32]>>,
+    /// table cost only their slot headers; its chunks likewise.
+    latency: OnceLock<Box<Chunks>>,
 }
 
 impl Slot {
@@ -110,15 +138,19 @@ impl Slot {
     }
 }
 
-/// A ring of one-second slots.
+/// A ring of one-second slots per shard, all in one slice (shard after
+/// shard).
 pub struct Window {
     slots: Box<[Slot]>,
+    seconds: usize,
+    shards: usize,
 }
 
 impl std::fmt::Debug for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Window")
-            .field("seconds", &self.slots.len())
+            .field("seconds", &self.seconds)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -127,21 +159,25 @@ impl Window {
     /// A window able to answer for spans up to `span` (at least one minute).
     pub fn new(span: Duration) -> Self {
         let seconds = span.as_secs().max(60) as usize + 1;
+        let shards = shard_count();
         Window {
-            slots: (0..seconds).map(|_| Slot::new()).collect(),
+            slots: (0..seconds * shards).map(|_| Slot::new()).collect(),
+            seconds,
+            shards,
         }
     }
 
     /// The longest span this window can answer for.
     pub fn span(&self) -> Duration {
-        Duration::from_secs(self.slots.len() as u64 - 1)
+        Duration::from_secs(self.seconds as u64 - 1)
     }
 
     /// Records one outcome at second `now_sec`. Lock-free; a request racing
     /// the rollover into a new second may be lost, never double-counted into
     /// another second.
     pub fn record(&self, now_sec: u64, class: Class, latency: Duration) {
-        let slot = &self.slots[(now_sec % self.slots.len() as u64) as usize];
+        let shard = crate::worker::index(self.shards);
+        let slot = &self.slots[shard * self.seconds + (now_sec % self.seconds as u64) as usize];
         let seen = slot.epoch.load(Relaxed);
         if seen != now_sec {
             if seen != u64::MAX && seen > now_sec {
@@ -155,8 +191,12 @@ impl Window {
                 for c in &slot.classes {
                     c.store(0, Relaxed);
                 }
-                if let Some(h) = slot.latency.get() {
-                    for b in h.iter() {
+                if let Some(chunks) = slot.latency.get() {
+                    for b in chunks
+                        .iter()
+                        .filter_map(OnceLock::get)
+                        .flat_map(|c| c.iter())
+                    {
                         b.store(0, Relaxed);
                     }
                 }
@@ -164,16 +204,19 @@ impl Window {
         }
         slot.classes[class.index()].fetch_add(1, Relaxed);
         if class != Class::Error {
-            let h = slot
+            let bucket = bucket_of(latency.as_micros() as u64);
+            let chunks = slot
                 .latency
-                .get_or_init(|| (0..BUCKETS).map(|_| AtomicU32::new(0)).collect());
-            h[bucket_of(latency.as_micros() as u64)].fetch_add(1, Relaxed);
+                .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+            let chunk = chunks[bucket / CHUNK]
+                .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU32::new(0))));
+            chunk[bucket % CHUNK].fetch_add(1, Relaxed);
         }
     }
 
     /// Sums the last `span` seconds up to and including `now_sec`.
     pub fn snapshot(&self, now_sec: u64, span: Duration) -> Snapshot {
-        let span = span.as_secs().clamp(1, self.slots.len() as u64 - 1);
+        let span = span.as_secs().clamp(1, self.seconds as u64 - 1);
         let oldest = now_sec.saturating_sub(span - 1);
         let mut snap = Snapshot::default();
         let mut latency: Option<Vec<u64>> = None;
@@ -185,10 +228,13 @@ impl Window {
             for (sum, c) in snap.classes.iter_mut().zip(&slot.classes) {
                 *sum += c.load(Relaxed);
             }
-            if let Some(h) = slot.latency.get() {
+            if let Some(chunks) = slot.latency.get() {
                 let acc = latency.get_or_insert_with(|| vec![0; BUCKETS]);
-                for (a, b) in acc.iter_mut().zip(h.iter()) {
-                    *a += b.load(Relaxed) as u64;
+                for (acc, chunk) in acc.chunks_mut(CHUNK).zip(chunks.iter()) {
+                    let Some(chunk) = chunk.get() else { continue };
+                    for (a, b) in acc.iter_mut().zip(chunk.iter()) {
+                        *a += b.load(Relaxed) as u64;
+                    }
                 }
             }
         }
@@ -234,10 +280,26 @@ struct LifetimeLatency {
 /// across windows (rollout checkpoints take differences of these) and for
 /// the Prometheus counters and histogram, which are rendered from these
 /// atomics at scrape time instead of being recorded a second time.
-#[derive(Default)]
 pub struct Lifetime {
+    shards: Box<[LifetimeShard]>,
+}
+
+/// One worker's part of a lifetime, on cache lines of its own.
+#[repr(align(64))]
+#[derive(Default)]
+struct LifetimeShard {
     classes: [AtomicU64; 5],
     latency: OnceLock<Box<LifetimeLatency>>,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime {
+            shards: (0..shard_count())
+                .map(|_| LifetimeShard::default())
+                .collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Lifetime {
@@ -258,9 +320,10 @@ pub struct PromView {
 
 impl Lifetime {
     pub fn record(&self, class: Class, latency: Duration) {
-        self.classes[class.index()].fetch_add(1, Relaxed);
+        let shard = &self.shards[crate::worker::index(self.shards.len())];
+        shard.classes[class.index()].fetch_add(1, Relaxed);
         if class != Class::Error {
-            let h = self.latency.get_or_init(|| {
+            let h = shard.latency.get_or_init(|| {
                 Box::new(LifetimeLatency {
                     fine: std::array::from_fn(|_| AtomicU64::new(0)),
                     prom: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -280,32 +343,58 @@ impl Lifetime {
 
     /// Requests recorded, whatever became of them.
     pub fn requests(&self) -> u64 {
-        self.classes.iter().map(|c| c.load(Relaxed)).sum()
+        self.classes().iter().sum()
+    }
+
+    fn classes(&self) -> [u64; 5] {
+        let mut sum = [0; 5];
+        for shard in self.shards.iter() {
+            for (s, c) in sum.iter_mut().zip(&shard.classes) {
+                *s += c.load(Relaxed);
+            }
+        }
+        sum
+    }
+
+    /// The shards' latency histograms, those that exist.
+    fn latencies(&self) -> impl Iterator<Item = &LifetimeLatency> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.latency.get().map(|h| &**h))
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let mut latency: Option<Vec<u64>> = None;
+        for h in self.latencies() {
+            let acc = latency.get_or_insert_with(|| vec![0; BUCKETS]);
+            for (a, b) in acc.iter_mut().zip(&h.fine) {
+                *a += b.load(Relaxed);
+            }
+        }
         Snapshot {
-            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
-            latency: self
-                .latency
-                .get()
-                .map(|h| h.fine.iter().map(|b| b.load(Relaxed)).collect()),
+            classes: self.classes(),
+            latency,
         }
     }
 
     pub fn prometheus(&self) -> PromView {
         let mut view = PromView {
-            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            classes: self.classes(),
             ..PromView::default()
         };
-        if let Some(h) = self.latency.get() {
-            let mut running = 0;
+        let mut sum_us = 0;
+        for h in self.latencies() {
             for (c, b) in view.cumulative.iter_mut().zip(&h.prom) {
-                running += b.load(Relaxed);
-                *c = running;
+                *c += b.load(Relaxed);
             }
-            view.sum_seconds = h.sum_us.load(Relaxed) as f64 / 1e6;
+            sum_us += h.sum_us.load(Relaxed);
         }
+        let mut running = 0;
+        for c in view.cumulative.iter_mut() {
+            running += *c;
+            *c = running;
+        }
+        view.sum_seconds = sum_us as f64 / 1e6;
         view
     }
 }

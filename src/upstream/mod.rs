@@ -22,9 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use http_body::Body as _;
@@ -42,25 +39,6 @@ use crate::proxy::headers::ForwardedFields;
 /// (nginx's `keepalive` in the benchmark peers is 512 too); more are closed
 /// when returned.
 const MAX_IDLE: usize = 512;
-
-/// How many workers pools keep idle connections apart for (the most any
-/// running sluice in this process asked for).
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    /// The worker this thread is; threads that are no worker count as 0.
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Makes pools created from now on keep idle connections for `n` workers.
-pub fn reserve_workers(n: usize) {
-    WORKERS.fetch_max(n.max(1), Relaxed);
-}
-
-/// Marks the current thread as worker `i`.
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
 
 /// What identifies a pool: two backends with the same key share connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -175,7 +153,7 @@ impl Pool {
                 .set_host(false)
                 .build(connector)
         });
-        let workers = WORKERS.load(Relaxed);
+        let workers = crate::worker::count();
         Pool {
             origin: key.upstream.authority.clone(),
             protocol: key.upstream.protocol,
@@ -233,7 +211,7 @@ impl Pool {
 
     /// The current worker's idle connections.
     fn idle(&self) -> &SegQueue<Idle> {
-        &self.idle[WORKER.with(Cell::get) % self.idle.len()]
+        &self.idle[crate::worker::index(self.idle.len())]
     }
 
     /// An idle connection that is still fresh and open, if any.
@@ -316,7 +294,7 @@ mod tests {
                 sockets.push(s);
             }
         });
-        reserve_workers(2);
+        crate::worker::reserve(2);
         let pool = Arc::new(Pool::new(&PoolKey {
             upstream: Upstream {
                 authority: addr.to_string().parse().unwrap(),
@@ -326,20 +304,20 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         }));
         for worker in [0, 1, 1] {
-            set_worker(worker);
+            crate::worker::set_current(worker);
             let conn = pool.connect().await.unwrap();
             pool.put_back(conn);
         }
         let queued = |w: usize| pool.idle[w % pool.idle.len()].len();
         assert_eq!((queued(0), queued(1)), (1, 2));
-        set_worker(0);
+        crate::worker::set_current(0);
         assert!(pool.idle().pop().is_some());
         assert!(
             pool.idle().pop().is_none(),
             "worker 0 never takes worker 1's"
         );
         assert_eq!(queued(1), 2);
-        set_worker(0);
+        crate::worker::set_current(0);
         held.abort();
     }
 }

@@ -68,3 +68,95 @@ fn empty_window_has_no_rates() {
     assert_eq!(s.success_rate(), None);
     assert_eq!(s.quantile(0.5), None);
 }
+
+/// Records as worker `i` on this test's own thread.
+fn as_worker<T>(i: usize, f: impl FnOnce() -> T) -> T {
+    crate::worker::set_current(i);
+    let out = f();
+    crate::worker::set_current(0);
+    out
+}
+
+#[test]
+fn workers_record_into_their_own_shards_and_readers_sum_them() {
+    crate::worker::reserve(2);
+    let w = Window::new(Duration::from_secs(60));
+    let life = Lifetime::default();
+    assert_eq!((w.shards, life.shards.len()), (2, 2));
+    for (worker, class, ms) in [
+        (0, Class::Informational2xx, 1),
+        (1, Class::Informational2xx, 3),
+        (1, Class::Server5xx, 600),
+        (1, Class::Error, 0),
+    ] {
+        as_worker(worker, || {
+            w.record(50, class, Duration::from_millis(ms));
+            life.record(class, Duration::from_millis(ms));
+        });
+    }
+    // Each worker's counts landed in its own shard.
+    let in_shard = |i: usize| {
+        life.shards[i]
+            .classes
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum::<u64>()
+    };
+    assert_eq!((in_shard(0), in_shard(1)), (1, 3));
+    let slot = |shard: usize| &w.slots[shard * w.seconds + 50 % w.seconds];
+    assert_eq!(slot(0).classes[0].load(Relaxed), 1);
+    assert_eq!(slot(1).classes[0].load(Relaxed), 1);
+
+    for s in [w.snapshot(50, Duration::from_secs(60)), life.snapshot()] {
+        assert_eq!(s.requests(), 4);
+        assert_eq!(s.failures(), 2);
+        assert_eq!(s.quantile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(s.slower_than(Duration::from_millis(500)), 1);
+    }
+    let view = life.prometheus();
+    assert_eq!(view.classes, [2, 0, 0, 1, 1]);
+    // 1 ms, 3 ms and 600 ms against the edges 0.5, 1, 2.5, 5 ms ... 1 s.
+    assert_eq!(&view.cumulative[..5], &[0, 1, 1, 2, 2]);
+    assert_eq!(view.cumulative[10], 3);
+    assert_eq!(*view.cumulative.last().unwrap(), 3);
+    assert!((view.sum_seconds - 0.604).abs() < 1e-9);
+}
+
+#[test]
+fn a_shard_stale_second_is_not_summed_with_another_shard_current_one() {
+    crate::worker::reserve(2);
+    let w = Window::new(Duration::from_secs(60));
+    // Second 10 and second 71 share a slot in each shard's ring of 61.
+    as_worker(1, || {
+        w.record(10, Class::Server5xx, Duration::from_millis(1))
+    });
+    as_worker(0, || {
+        w.record(71, Class::Informational2xx, Duration::from_millis(1))
+    });
+    let s = w.snapshot(71, Duration::from_secs(60));
+    assert_eq!((s.requests(), s.failures()), (1, 0));
+}
+
+#[test]
+fn a_slot_allocates_only_the_chunks_its_latencies_fall_in() {
+    let w = Window::new(Duration::from_secs(60));
+    for ms in [1, 1, 3, 900] {
+        w.record(8, Class::Informational2xx, Duration::from_millis(ms));
+    }
+    let slot = &w.slots[8];
+    let chunks = slot.latency.get().expect("a latency was recorded");
+    let allocated: Vec<usize> = (0..CHUNKS).filter(|&i| chunks[i].get().is_some()).collect();
+    // 1 ms and 3 ms lie in 2^9..2^10 and 2^11..2^12 µs, 900 ms in 2^19..2^20.
+    assert_eq!(allocated, [9 - 4, 11 - 4, 19 - 4]);
+    let s = w.snapshot(8, Duration::from_secs(60));
+    assert_eq!(s.quantile(0.5), Some(Duration::from_millis(1)));
+    assert_eq!(s.slower_than(Duration::from_millis(500)), 1);
+    // The slot's next second starts from zero in every chunk it kept.
+    w.record(8 + 61, Class::Informational2xx, Duration::from_millis(3));
+    let s = w.snapshot(8 + 61, Duration::from_secs(60));
+    assert_eq!(
+        (s.requests(), s.slower_than(Duration::from_millis(2))),
+        (1, 1)
+    );
+    assert_eq!(s.quantile(0.0), s.quantile(1.0));
+}
