@@ -115,9 +115,99 @@ async fn h2c_from_clients_and_to_backends() {
         let h = h1.state.last_headers.lock().unwrap().clone().unwrap();
         let hosts: Vec<_> = h.get_all("host").iter().collect();
         assert_eq!(hosts, [p.proxy_addr().to_string().as_str()]);
-        assert_eq!(target(&h2), format!("http://{}/grpc/x?a=1", h2.addr));
+        // An h2c backend gets the authority the client asked for as
+        // `:authority` (the proxy's address here), and no `host` field.
+        assert_eq!(target(&h2), format!("http://{}/grpc/x?a=1", p.proxy_addr()));
+        let h = h2.state.last_headers.lock().unwrap().clone().unwrap();
+        assert!(h.get("host").is_none(), "{h:?}");
     }
+    // A virtual host reaches it whole, port and all, and all of them share
+    // a worker's one connection.
+    let url = format!("http://{}/grpc/v", p.proxy_addr());
+    for host in ["api.test", "api.test:8443", "other.test"] {
+        let (status, _) = get(&client(), &url, &[("host", host)]).await;
+        assert_eq!(status, 200);
+        let target = h2.state.last_target.lock().unwrap().clone().unwrap();
+        assert_eq!(target, format!("http://{host}/grpc/v"));
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let opened = h2.state.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=workers).contains(&opened),
+        "{opened} connections for {workers} workers"
+    );
     p.shutdown().await;
+}
+
+/// An h2c backend that closes each connection (GOAWAY) after its first
+/// request, as a backend does when it restarts or caps requests per
+/// connection. Counts the connections it accepted.
+async fn h2c_one_request_per_connection() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::Ordering::Relaxed;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+                let notify = answered.clone();
+                let service = hyper::service::service_fn(move |_req| {
+                    notify.notify_one();
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"once")),
+                        ))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = answered.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_backend_closing_its_connections_is_reconnected_to() {
+    let (addr, accepted, task) = h2c_one_request_per_connection().await;
+    let p = start_with_routes(&format!(
+        "  - {{ name: grpc, backends: [{{ name: h2, url: \"http://{addr}\", protocol: h2c }}] }}\n"
+    ))
+    .await;
+    let url = format!("http://{}/", p.proxy_addr());
+    let c = client();
+    for i in 0..12 {
+        let (status, body) = get(&c, &url, &[]).await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "once"),
+            "request {i}"
+        );
+    }
+    // Each answer is followed by the backend's GOAWAY; a request that
+    // reaches the connection before its second GOAWAY (RFC 9113, 6.8) is
+    // still served on it, so connections may carry more than one.
+    let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (4..=12).contains(&opened),
+        "{opened} connections for 12 requests"
+    );
+    p.shutdown().await;
+    task.abort();
 }
 
 /// A backend that answers after 2 s, longer than any route timeout here.

@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
+use http::uri::Authority;
 use http::uri::PathAndQuery;
+use http::HeaderMap;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Sleep;
@@ -99,6 +101,25 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         None => headers::without_port(field?.to_str().ok()?),
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// The `:authority` an h2c backend gets: the one the client's request
+/// target named (HTTP/2's `:authority`, an absolute-form target), else its
+/// `Host` field, as Envoy passes it on. The `Host` field goes in either
+/// case, since HTTP/2 carries the host in `:authority` and a backend may
+/// refuse a request whose two differ (RFC 9113, 8.3.1); user information,
+/// which RFC 9113 forbids there, goes too. `None` when the client named no
+/// authority that parses: the backend's address is sent instead.
+fn h2_authority(target: Option<Authority>, headers: &mut HeaderMap) -> Option<Authority> {
+    let host = headers.remove(header::HOST);
+    let authority = match target {
+        Some(a) => a,
+        None => Authority::try_from(host?.as_bytes()).ok()?,
+    };
+    if authority.as_str().bytes().any(|b| b == b'@') {
+        return Authority::try_from(headers::without_userinfo(authority.as_str())).ok();
+    }
+    Some(authority)
 }
 
 /// The route timeout ran out before the backend answered.
@@ -200,24 +221,26 @@ impl ProxyService {
             table.config.forwarded == Forwarded::Overwrite,
         );
         // HTTP/1.1 backends get the origin form (`/path?query`), as from
-        // any proxy; HTTP/2 needs the scheme and authority as well.
+        // any proxy; HTTP/2 needs the scheme and authority as well: the
+        // authority the client asked for (see `h2_authority`).
         let target = std::mem::take(&mut parts.uri).into_parts();
-        // A target with an authority (HTTP/2's `:authority`, an absolute-form
-        // HTTP/1.1 target) names the host; an HTTP/1.1 backend gets it as
-        // its `host` field, in place of any the client sent.
-        if !upstream_h2 {
-            forwarded.host = target.authority;
-        }
         let pq = target
             .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = if upstream_h2 {
+            let authority = h2_authority(target.authority, &mut parts.headers)
+                .unwrap_or_else(|| backend.pool.origin.clone());
             Uri::builder()
                 .scheme("http")
-                .authority(backend.pool.origin.clone())
+                .authority(authority)
                 .path_and_query(pq)
                 .build()
         } else {
+            // A target with an authority (HTTP/2's `:authority`, an
+            // absolute-form HTTP/1.1 target) names the host; an HTTP/1.1
+            // backend gets it as its `host` field, in place of any the
+            // client sent.
+            forwarded.host = target.authority;
             let mut origin_form = http::uri::Parts::default();
             origin_form.path_and_query = Some(pq);
             Uri::from_parts(origin_form).map_err(Into::into)
@@ -307,6 +330,39 @@ impl ProxyService {
                     "the backend did not answer within the route's timeout",
                 )
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn an_h2c_backend_gets_the_authority_the_client_asked_for() {
+        let cases: [(Option<&str>, Option<&str>, Option<&str>); 6] = [
+            // (request target's authority, Host field, :authority sent)
+            (Some("shop.test"), Some("other.test"), Some("shop.test")),
+            (Some("user@shop.test:8443"), None, Some("shop.test:8443")),
+            (None, Some("api.test:8443"), Some("api.test:8443")),
+            (None, Some("[::1]:9"), Some("[::1]:9")),
+            (None, Some("not an authority"), None),
+            (None, None, None),
+        ];
+        for (target, host, sent) in cases {
+            let mut headers = with_host(host);
+            let target = target.map(|a| a.parse::<Authority>().unwrap());
+            let got = h2_authority(target, &mut headers);
+            assert_eq!(got.as_ref().map(Authority::as_str), sent, "{host:?}");
+            assert!(headers.get(header::HOST).is_none(), "the Host field goes");
         }
     }
 }

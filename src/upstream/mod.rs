@@ -8,7 +8,8 @@
 //! to its end. hyper-util's general-purpose client boxes futures, locks a
 //! keyed pool, races checkout against connect and spawns a task per
 //! streaming response; none of that is needed when the pool already belongs
-//! to one backend. h2c backends multiplex over hyper-util's client.
+//! to one backend. h2c backends get one multiplexed connection per worker
+//! ([`h2`]).
 //!
 //! Each worker keeps its own idle connections: a socket is registered with
 //! the reactor of the worker that opened it, and used from another worker
@@ -17,6 +18,7 @@
 
 mod chunked;
 pub mod h1;
+mod h2;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,9 +29,6 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
@@ -63,7 +62,7 @@ pub struct Pool {
     /// idle, so a table of thousands of backends costs nothing until they
     /// carry traffic.
     idle: Box<[SegQueue<Idle>]>,
-    h2: Option<Client<HttpConnector, RequestBody>>,
+    h2: Option<h2::Conns>,
 }
 
 struct Idle {
@@ -139,20 +138,7 @@ impl UpstreamError {
 
 impl Pool {
     pub fn new(key: &PoolKey) -> Self {
-        let h2 = (key.upstream.protocol == Protocol::H2c).then(|| {
-            let mut connector = HttpConnector::new();
-            // hyper-util's connector waits for the OS (minutes) unless told.
-            connector.set_connect_timeout(Some(key.connect_timeout));
-            connector.set_nodelay(true);
-            connector.enforce_http(true);
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(key.idle_timeout)
-                .http2_only(true)
-                .set_host(false)
-                .build(connector)
-        });
+        let h2 = (key.upstream.protocol == Protocol::H2c).then(|| h2::Conns::new(key.idle_timeout));
         let workers = crate::worker::count();
         Pool {
             origin: key.upstream.authority.clone(),
@@ -178,14 +164,10 @@ impl Pool {
         body: RequestBody,
         forwarded: ForwardedFields,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        if let Some(client) = &self.h2 {
+        if let Some(conns) = &self.h2 {
             let mut req = Request::from_parts(parts, body);
             forwarded.insert_into(req.headers_mut());
-            return client
-                .request(req)
-                .await
-                .map(|r| r.map(Either::Right))
-                .map_err(UpstreamError::classify);
+            return conns.send(req, self).await.map(|r| r.map(Either::Right));
         }
         let has_body = !body.is_end_stream();
         let chunked = h1::chunked(&parts.headers, has_body);
@@ -240,14 +222,20 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<h1::Conn, UpstreamError> {
+        let (_, stream) = self.connect_stream().await?;
+        Ok(h1::Conn::new(stream))
+    }
+
+    /// A new TCP connection to the backend, within the connect timeout.
+    async fn connect_stream(&self) -> Result<(SocketAddr, tokio::net::TcpStream), UpstreamError> {
         let connect = async {
             let addr = self.resolve().await?;
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
+            Ok::<_, std::io::Error>((addr, stream))
         };
         match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => Ok(h1::Conn::new(s)),
+            Ok(Ok(connected)) => Ok(connected),
             Ok(Err(e)) => Err(UpstreamError::new(Failure::Broken, e)),
             Err(_) => Err(UpstreamError::new(
                 Failure::Timeout,

@@ -33,6 +33,8 @@ pub struct Backend {
 pub struct BackendState {
     /// Requests received.
     pub seen: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
     /// Requests answered with each status.
     pub statuses: Mutex<HashMap<u16, u64>>,
     /// Status to answer with (0 → 200).
@@ -90,6 +92,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.accepted.fetch_add(1, Relaxed);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
