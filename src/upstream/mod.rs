@@ -167,7 +167,13 @@ impl Pool {
         if let Some(conns) = &self.h2 {
             let mut req = Request::from_parts(parts, body);
             forwarded.insert_into(req.headers_mut());
-            return conns.send(req, self).await.map(|r| r.map(Either::Right));
+            // Boxed: opening an HTTP/2 connection is a large future, and
+            // unboxed it would enlarge every request's future, HTTP/1.1
+            // ones included (measured: 300 instructions a request more,
+            // most of them in the allocator).
+            return Box::pin(conns.send(req, self))
+                .await
+                .map(|r| r.map(Either::Right));
         }
         let has_body = !body.is_end_stream();
         let chunked = h1::chunked(&parts.headers, has_body);
