@@ -1,11 +1,13 @@
 //! Body wrappers on the request path: the request body on its way upstream
 //! (enforcing the size and time limits while it streams) and the response
 //! body on its way downstream (recording the outcome once, when it ends).
-//! Neither buffers: frames pass through as they come.
+//! Neither buffers: frames pass through as they come. A request copied to
+//! a mirror backend hands each frame to the copy as well, which holds it
+//! until the mirror reads it, up to [`MIRROR_BUFFER`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,13 +37,62 @@ pub enum BodyLimit {
     Incomplete,
 }
 
+/// How many bytes of a request body a mirrored copy may hold unread. A
+/// mirror backend slower than that loses its copy (the request is cut off
+/// there), never slowing the request it copies.
+pub const MIRROR_BUFFER: usize = 256 * 1024;
+
+pin_project! {
+    #[project = SourceProj]
+    enum Source {
+        /// The client's body.
+        Client { #[pin] body: Incoming },
+        /// A mirrored copy of a client's body, frame by frame.
+        Copy { rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>, tee: Arc<TeeState>, ended: bool },
+    }
+}
+
+/// What a request body and its mirrored copy share.
+#[derive(Default)]
+struct TeeState {
+    /// Handed to the copy and not yet read by it.
+    buffered: AtomicUsize,
+    /// The client's body arrived whole; without this, a copy whose sender is
+    /// gone was cut off.
+    complete: AtomicBool,
+}
+
+/// The sending side of a mirrored copy, kept by the request body it copies.
+struct Tee {
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    state: Arc<TeeState>,
+}
+
+impl Tee {
+    /// Hands a frame's data to the copy; false when the copy is to be given
+    /// up (its reader is gone or too far behind).
+    fn send(&self, data: &Bytes) -> bool {
+        let held = self.state.buffered.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+        held <= MIRROR_BUFFER && self.tx.send(data.clone()).is_ok()
+    }
+
+    fn complete(self) {
+        self.state.complete.store(true, Ordering::Release);
+    }
+}
+
 pin_project! {
     /// The client's request body, streamed to the backend under limits.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Source,
+        // Where a mirrored copy of this body goes, if it has one; boxed, as
+        // few requests have one.
+        tee: Option<Box<Tee>>,
         received: u64,
-        max: Option<u64>,
+        // `u64::MAX` when unlimited: an `Option` would take eight bytes
+        // more of every request's future.
+        max: u64,
         deadline: Instant,
         // Armed only if the body ever has to wait, so bodiless requests
         // allocate no timer.
@@ -62,13 +113,47 @@ impl RequestBody {
     ) -> Self {
         let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         RequestBody {
-            inner,
+            inner: Source::Client { body: inner },
+            tee: None,
             received: 0,
-            max,
+            max: max.unwrap_or(u64::MAX),
             deadline,
             sleep: None,
             done,
             open,
+        }
+    }
+
+    /// A copy of this body for a mirror backend: it gets every frame this
+    /// body passes on, from now on, until it falls [`MIRROR_BUFFER`] bytes
+    /// behind. A copy of a body that broke off, or that it fell behind,
+    /// fails rather than ends, so the mirror backend never takes a cut-off
+    /// body for a whole one.
+    pub fn mirrored(&mut self) -> RequestBody {
+        let state = Arc::new(TeeState::default());
+        let ended = self.is_end_stream();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if ended {
+            state.complete.store(true, Ordering::Release);
+        } else {
+            self.tee = Some(Box::new(Tee {
+                tx,
+                state: state.clone(),
+            }));
+        }
+        RequestBody {
+            inner: Source::Copy {
+                rx,
+                tee: state,
+                ended,
+            },
+            tee: None,
+            received: 0,
+            max: u64::MAX,
+            deadline: self.deadline,
+            sleep: None,
+            done: None,
+            open: None,
         }
     }
 
@@ -98,27 +183,37 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let polled = match this.inner.as_mut().project() {
+            SourceProj::Client { body } => body.poll_frame(cx),
+            SourceProj::Copy { rx, tee, ended } => return poll_copy(rx, tee, ended, cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.received += data.len() as u64;
-                    if this.max.is_some_and(|max| *this.received > max) {
+                    if *this.received > *this.max {
+                        *this.tee = None;
                         return Poll::Ready(Some(Err(BodyLimit::TooLarge.into())));
+                    }
+                    if this.tee.as_ref().is_some_and(|t| !t.send(data)) {
+                        tracing::debug!("mirror fell behind; its copy of the request is cut off");
+                        *this.tee = None;
                     }
                 }
                 // A client reading by length stops at the last frame
                 // without asking for the end.
                 if this.inner.is_end_stream() {
-                    ended(this.done, this.open);
+                    ended(this.done, this.open, this.tee);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::debug!(error = %e, "request body broke off");
+                *this.tee = None;
                 Poll::Ready(Some(Err(BodyLimit::Incomplete.into())))
             }
             Poll::Ready(None) => {
-                ended(this.done, this.open);
+                ended(this.done, this.open, this.tee);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -127,6 +222,7 @@ impl Body for RequestBody {
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 ready!(sleep.as_mut().poll(cx));
+                *this.tee = None;
                 Poll::Ready(Some(Err(BodyLimit::Timeout.into())))
             }
         }
@@ -137,11 +233,50 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Client { body } => body.size_hint(),
+            Source::Copy { .. } => SizeHint::default(),
+        }
     }
 }
 
-fn ended(done: &Option<Arc<AtomicBool>>, open: &mut Option<BodyOpen>) {
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Client { body } => body.is_end_stream(),
+            Source::Copy { ended, .. } => *ended,
+        }
+    }
+}
+
+/// The next frame of a mirrored copy. No deadline of its own: the request
+/// it copies has one, and when that request gives up, so does the copy.
+fn poll_copy(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    tee: &TeeState,
+    ended: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if *ended {
+        return Poll::Ready(None);
+    }
+    match ready!(rx.poll_recv(cx)) {
+        Some(data) => {
+            tee.buffered.fetch_sub(data.len(), Ordering::AcqRel);
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        }
+        None if tee.complete.load(Ordering::Acquire) => {
+            *ended = true;
+            Poll::Ready(None)
+        }
+        None => Poll::Ready(Some(Err(BodyLimit::Incomplete.into()))),
+    }
+}
+
+fn ended(done: &Option<Arc<AtomicBool>>, open: &mut Option<BodyOpen>, tee: &mut Option<Box<Tee>>) {
+    if let Some(t) = tee.take() {
+        t.complete();
+    }
     if let Some(d) = done {
         d.store(true, Ordering::Release);
     }

@@ -153,6 +153,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                     .map(|b| format!("{} {:.1}%", b.name, b.weight as f64 * 100.0 / total as f64))
                     .collect();
                 println!("  route {}: {}", r.name, split.join(", "));
+                if let Some(m) = &r.mirror {
+                    println!(
+                        "    mirror: {} % of requests copied to {}, answers discarded",
+                        m.per_10000 as f64 / 100.0,
+                        r.backends[m.backend].name
+                    );
+                }
                 if let Some(plan) = &r.rollout {
                     let stages: Vec<String> = plan
                         .stages

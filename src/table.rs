@@ -41,6 +41,7 @@ pub struct Route {
     pub override_header: Option<HeaderName>,
     pub timeout: Duration,
     pub baseline: usize,
+    pub mirror: Option<crate::config::Mirror>,
 }
 
 #[derive(Debug)]
@@ -296,6 +297,7 @@ impl Registry {
             override_header: r.override_header.clone(),
             timeout: r.timeout,
             baseline: r.baseline,
+            mirror: r.mirror,
         }
     }
 }

@@ -95,7 +95,14 @@ fn check_accepts_every_example_config() {
                 path.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(": ok"));
+            if path.ends_with("edge.yaml") {
+                assert!(
+                    stdout.contains("mirror: 10 % of requests copied to rewrite"),
+                    "{stdout}"
+                );
+            }
             checked += 1;
         }
     }

@@ -1,5 +1,6 @@
 //! Traffic splitting through a real proxy: weighted shares, sticky users,
-//! the override header, and the same assignment from two processes.
+//! the override header, the same assignment from two processes, and
+//! shadow traffic.
 
 mod support;
 
@@ -205,5 +206,168 @@ async fn routes_match_host_path_and_headers_first_match_wins() {
             "{host}{path} {headers:?}"
         );
     }
+    p.shutdown().await;
+}
+
+/// Waits (bounded) until `b` has seen `n` requests.
+async fn until_seen(b: &Backend, n: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.state.seen() < n && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_of_each_request_and_the_client_never_sees_it() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let p = start_proxy(&route_yaml(
+        "mirror: { backend: canary, percent: 100 }",
+        &[("stable", stable.url(), 100), ("canary", canary.url(), 0)],
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://{}/", p.proxy_addr());
+    let body = "x".repeat(100_000);
+    for i in 0..10 {
+        let (s, _, answer) = send(
+            &c,
+            "POST",
+            &url,
+            &[("host", "shop.test:8080")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            (s.as_u16(), answer.as_str()),
+            (200, "stable 100000"),
+            "request {i}"
+        );
+        let (s, answer) = get(&c, &url, &[("host", "shop.test")]).await;
+        assert_eq!(
+            (s.as_u16(), answer.as_str()),
+            (200, "stable 0"),
+            "request {i}"
+        );
+    }
+    until_seen(&canary, 20).await;
+    assert_eq!((stable.state.seen(), canary.state.seen()), (20, 20));
+    // The copies carried the bodies whole, and a host marked as a copy.
+    assert_eq!(
+        canary
+            .state
+            .body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10 * 100_000
+    );
+    let h = canary.state.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h.get("host").unwrap(), "shop.test-shadow");
+    let h = stable.state.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h.get("host").unwrap(), "shop.test");
+    // The copies count for the mirror backend, as any request would.
+    let (_, metrics) = get(&c, &format!("http://{}/metrics", p.admin_addr), &[]).await;
+    for (backend, n) in [("stable", 20), ("canary", 20)] {
+        let line = format!(
+            "sluice_requests_total{{route=\"api\",backend=\"{backend}\",class=\"2xx\"}} {n}"
+        );
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_takes_its_share_and_never_holds_up_the_request() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let p = start_proxy(&route_yaml(
+        "mirror: { backend: canary, percent: 25 }\ntimeout: 5s",
+        &[("stable", stable.url(), 100), ("canary", canary.url(), 0)],
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://{}/", p.proxy_addr());
+    let n = 800u64;
+    for _ in 0..n {
+        assert_eq!(get(&c, &url, &[]).await.0, 200);
+    }
+    let (mean, sd) = (n as f64 * 0.25, (n as f64 * 0.25 * 0.75).sqrt());
+    until_seen(&canary, (mean - 4.0 * sd) as u64).await;
+    let got = canary.state.seen() as f64;
+    assert!(
+        (got - mean).abs() <= 4.0 * sd,
+        "mirror got {got} of {n}; expected {mean} ± {}",
+        4.0 * sd
+    );
+
+    // A mirror that takes seconds to answer: every request still gets its
+    // answer from its own backend, long before the mirror's.
+    canary
+        .state
+        .delay_ms
+        .store(3_000, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let (s, answer) = get(&c, &url, &[]).await;
+        assert_eq!((s.as_u16(), answer.as_str()), (200, "stable 0"));
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_falls_behind_loses_its_copy_and_the_request_goes_on() {
+    use tokio::io::AsyncReadExt;
+    // A mirror that reads nothing for a while, then everything it gets.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = received.clone();
+    let sink_task = tokio::spawn(async move {
+        let (mut s, _) = sink.accept().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => break,
+            }
+        }
+    });
+    let stable = Backend::start("stable").await;
+    let p = start_proxy(&route_yaml(
+        "mirror: { backend: sink }",
+        &[
+            ("stable", stable.url(), 100),
+            ("sink", format!("http://{sink_addr}"), 0),
+        ],
+    ))
+    .await;
+    // More than the kernel's socket buffers on loopback hold.
+    let size = 32 << 20;
+    let (s, _, answer) = send(
+        &client(),
+        "POST",
+        &format!("http://{}/", p.proxy_addr()),
+        &[],
+        vec![b'x'; size],
+    )
+    .await;
+    assert_eq!((s.as_u16(), answer), (200, format!("stable {size}")));
+    sink_task.await.unwrap();
+    let got = received.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        got > 0 && got < size as u64,
+        "the mirror got {got} bytes of a copy cut off at most 256 KiB behind its {size}-byte request"
+    );
     p.shutdown().await;
 }

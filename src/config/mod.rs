@@ -232,6 +232,26 @@ pub struct RouteConfig {
     pub baseline: usize,
     /// The route's rollout plan, if it has one.
     pub rollout: Option<Arc<plan::Plan>>,
+    /// Shadow traffic, if the route has it.
+    pub mirror: Option<Mirror>,
+}
+
+/// Shadow traffic: a share of the route's requests is also sent to one of
+/// its backends, and what that backend answers is thrown away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    /// Index of the backend that gets the copies.
+    pub backend: usize,
+    /// The share of requests copied, in hundredths of a percent (0..=10 000).
+    pub per_10000: u32,
+}
+
+impl Mirror {
+    /// Whether this request is to be copied: a fresh draw per request, so
+    /// the share holds on average whatever the sticky key.
+    pub fn draw(&self) -> bool {
+        self.per_10000 >= 10_000 || fastrand::u32(..10_000) < self.per_10000
+    }
 }
 
 /// Host matching: exact (`api.example.com`) or any subdomain (`*.example.com`,

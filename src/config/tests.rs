@@ -100,3 +100,37 @@ fn wildcard_hosts_are_suffixes() {
         Some(HostMatch::Suffix(".example.com".into()))
     );
 }
+
+#[test]
+fn a_mirror_names_a_backend_of_its_route_and_a_share() {
+    let route = |mirror: &str| {
+        format!(
+            "listeners: [{{ addr: \"127.0.0.1:8080\" }}]\nroutes:\n  - name: api\n    backends: [{{ name: a, url: \"http://127.0.0.1:9001\" }}, {{ name: b, url: \"http://127.0.0.1:9002\", weight: 0 }}]\n    mirror: {mirror}\n"
+        )
+    };
+    let c = check(&route("{ backend: b }")).unwrap();
+    assert_eq!(
+        c.routes[0].mirror,
+        Some(Mirror {
+            backend: 1,
+            per_10000: 10_000
+        })
+    );
+    let c = check(&route("{ backend: b, percent: 12.5 }")).unwrap();
+    assert_eq!(c.routes[0].mirror.map(|m| m.per_10000), Some(1_250));
+    let err = check(&route("{ backend: c, percent: 150 }"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0].mirror.percent: must be from 0 to 100, not 150"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].mirror.backend: no backend named \"c\" (backends: a, b)"),
+        "{err}"
+    );
+    let err = check(&route("{ backend: b, percent: .nan }"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite float `.nan` rejected"), "{err}");
+}

@@ -444,12 +444,6 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
             DEFAULT_ROUTE_TIMEOUT
         }
     };
-    if r.mirror.is_some() {
-        p.push(Problem::new(
-            format!("{path}.mirror"),
-            "shadow traffic is not supported by this build yet",
-        ));
-    }
 
     let mut baseline = 0;
     let mut rollout = None;
@@ -477,6 +471,31 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
         }
     }
 
+    let mut mirror = None;
+    if let Some(m) = &r.mirror {
+        let mp = format!("{path}.mirror");
+        let percent = m.percent.unwrap_or(100.0);
+        // Written so that NaN fails too.
+        if !(0.0..=100.0).contains(&percent) {
+            p.push(Problem::new(
+                format!("{mp}.percent"),
+                format!("must be from 0 to 100, not {percent}"),
+            ));
+        }
+        match index_of(&m.backend) {
+            Some(backend) => {
+                mirror = Some(super::Mirror {
+                    backend,
+                    per_10000: (percent.clamp(0.0, 100.0) * 100.0).round() as u32,
+                })
+            }
+            None => p.push(Problem::new(
+                format!("{mp}.backend"),
+                format!("no backend named \"{}\" (backends: {})", m.backend, known()),
+            )),
+        }
+    }
+
     if p.len() > before {
         return None;
     }
@@ -491,6 +510,7 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
         timeout,
         baseline,
         rollout,
+        mirror,
     })
 }
 

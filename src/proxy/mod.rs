@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod headers;
 pub mod http1;
+pub mod mirror;
 pub mod service;
 pub mod tls;
 

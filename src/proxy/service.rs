@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 
 use super::conn::{BodyOpen, ConnState};
 use super::headers::{self, ForwardedFields};
+use super::mirror;
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
@@ -122,6 +123,81 @@ fn h2_authority(target: Option<Authority>, headers: &mut HeaderMap) -> Option<Au
     Some(authority)
 }
 
+/// The request target and version a backend gets. HTTP/1.1 backends get
+/// the origin form (`/path?query`), as from any proxy, and the authority of
+/// a target that had one (HTTP/2's `:authority`, an absolute-form HTTP/1.1
+/// target) as their `host` field, in place of any the client sent; HTTP/2
+/// needs the scheme and authority as well: the authority the client asked
+/// for (see [`h2_authority`]). A `shadow` copy (see [`mirror`]) has its
+/// host marked. `None` when the target cannot be forwarded.
+#[inline(always)]
+fn upstream_target(
+    authority: Option<Authority>,
+    pq: PathAndQuery,
+    headers: &mut HeaderMap,
+    forwarded: &mut ForwardedFields,
+    backend: &crate::table::Backend,
+    shadow: bool,
+) -> Option<(Uri, Version)> {
+    if backend.pool.protocol == Protocol::H2c {
+        let mut authority = h2_authority(authority, headers);
+        if shadow {
+            authority = authority.map(|a| mirror::shadowed(&a).unwrap_or(a));
+        }
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority.unwrap_or_else(|| backend.pool.origin.clone()))
+            .path_and_query(pq)
+            .build()
+            .ok()?;
+        return Some((uri, Version::HTTP_2));
+    }
+    forwarded.host = authority;
+    if shadow {
+        let named = forwarded.host.clone().or_else(|| {
+            let field = headers.get(header::HOST)?;
+            Authority::try_from(field.as_bytes()).ok()
+        });
+        if let Some(marked) = named.as_ref().and_then(mirror::shadowed) {
+            forwarded.host = Some(marked);
+        }
+    }
+    let mut origin_form = http::uri::Parts::default();
+    origin_form.path_and_query = Some(pq);
+    Some((Uri::from_parts(origin_form).ok()?, Version::HTTP_11))
+}
+
+/// Sends a copy of the request, taken before the request is shaped for its
+/// own backend, to the route's mirror backend (see [`mirror`]).
+fn copy_to_mirror(
+    parts: &http::request::Parts,
+    authority: Option<&Authority>,
+    pq: &PathAndQuery,
+    forwarded: &ForwardedFields,
+    body: &mut RequestBody,
+    to: &crate::table::Backend,
+    timeout: std::time::Duration,
+) {
+    let mut headers = parts.headers.clone();
+    let mut forwarded = forwarded.clone();
+    let Some((uri, version)) = upstream_target(
+        authority.cloned(),
+        pq.clone(),
+        &mut headers,
+        &mut forwarded,
+        to,
+        true,
+    ) else {
+        return;
+    };
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = uri;
+    *copy.version_mut() = version;
+    *copy.headers_mut() = headers;
+    mirror::send(copy.into_parts().0, body.mirrored(), forwarded, to, timeout);
+}
+
 /// The route timeout ran out before the backend answered.
 struct Elapsed;
 
@@ -194,7 +270,8 @@ impl ProxyService {
         let Some(route) = table.route(host, req.uri().path(), req.headers()) else {
             return local_response(StatusCode::NOT_FOUND, "no route matches this request");
         };
-        let backend = &route.backends[route.pick(req.headers())];
+        let picked = route.pick(req.headers());
+        let backend = &route.backends[picked];
         let limits = &table.config.limits;
 
         if let Some(max) = limits.max_body_bytes {
@@ -212,7 +289,6 @@ impl ProxyService {
         }
 
         let (mut parts, body) = req.into_parts();
-        let upstream_h2 = backend.pool.protocol == Protocol::H2c;
         headers::strip_hop_by_hop(&mut parts.headers);
         let mut forwarded = ForwardedFields::new(
             &parts.headers,
@@ -220,52 +296,45 @@ impl ProxyService {
             &self.0.proto,
             table.config.forwarded == Forwarded::Overwrite,
         );
-        // HTTP/1.1 backends get the origin form (`/path?query`), as from
-        // any proxy; HTTP/2 needs the scheme and authority as well: the
-        // authority the client asked for (see `h2_authority`).
         let target = std::mem::take(&mut parts.uri).into_parts();
         let pq = target
             .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = if upstream_h2 {
-            let authority = h2_authority(target.authority, &mut parts.headers)
-                .unwrap_or_else(|| backend.pool.origin.clone());
-            Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(pq)
-                .build()
-        } else {
-            // A target with an authority (HTTP/2's `:authority`, an
-            // absolute-form HTTP/1.1 target) names the host; an HTTP/1.1
-            // backend gets it as its `host` field, in place of any the
-            // client sent.
-            forwarded.host = target.authority;
-            let mut origin_form = http::uri::Parts::default();
-            origin_form.path_and_query = Some(pq);
-            Uri::from_parts(origin_form).map_err(Into::into)
-        };
-        parts.uri = match uri {
-            Ok(u) => u,
-            Err(_) => {
-                return local_response(
-                    StatusCode::BAD_REQUEST,
-                    "the request target cannot be forwarded",
-                )
-            }
-        };
-        parts.version = if upstream_h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        let body = RequestBody::new(
+        let mut body = RequestBody::new(
             body,
             limits.max_body_bytes,
             started + limits.request_timeout,
             open,
         );
         let progress = body.progress();
+        if let Some(m) = route.mirror.filter(|m| m.backend != picked && m.draw()) {
+            // Sent from a plain function: whatever it holds must not take
+            // room in this future, which every request allocates.
+            copy_to_mirror(
+                &parts,
+                target.authority.as_ref(),
+                &pq,
+                &forwarded,
+                &mut body,
+                &route.backends[m.backend],
+                route.timeout,
+            );
+        }
+        let Some((uri, version)) = upstream_target(
+            target.authority,
+            pq,
+            &mut parts.headers,
+            &mut forwarded,
+            backend,
+            false,
+        ) else {
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                "the request target cannot be forwarded",
+            );
+        };
+        parts.uri = uri;
+        parts.version = version;
 
         let deadline = tokio::time::Instant::from_std(started + route.timeout);
         let mut timer = self.0.conn.timer(deadline);

@@ -35,6 +35,8 @@ pub struct BackendState {
     pub seen: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
+    /// Request body bytes received, all requests together.
+    pub body_bytes: AtomicU64,
     /// Requests answered with each status.
     pub statuses: Mutex<HashMap<u16, u64>>,
     /// Status to answer with (0 → 200).
@@ -146,6 +148,7 @@ async fn answer(name: &str, st: &BackendState, req: Request<Incoming>) -> Respon
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    st.body_bytes.fetch_add(body.len() as u64, Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }

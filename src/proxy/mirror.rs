@@ -1,0 +1,160 @@
+//! Shadow traffic: a copy of a request goes to the route's mirror backend
+//! beside the request itself, and the copy's answer is read and thrown
+//! away. The copy never holds up the request: it runs in a task of its own,
+//! its body is fed from the request's as that streams (and given up when
+//! the mirror falls behind, see [`crate::body::MIRROR_BUFFER`]), and when
+//! too many copies are already under way, no more are made.
+//!
+//! A copy's outcome counts for its backend like any request's (its window,
+//! its rollout gates, its Prometheus series): shadowing a canary is how its
+//! health is judged on real traffic before it takes any.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use http_body_util::BodyExt;
+
+use super::headers;
+use crate::body::{grpc_failed, RequestBody};
+use crate::stats::{BackendStats, Class};
+use crate::table::Backend;
+use crate::upstream::{Failure, Pool};
+
+/// Copies under way at most, in the whole process. A mirror backend that
+/// stops answering holds each copy for the route timeout; past this many,
+/// requests go unmirrored rather than pile up.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// One copy under way, counted while it lives.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        let mut n = IN_FLIGHT.load(Relaxed);
+        loop {
+            if n >= MAX_IN_FLIGHT {
+                return None;
+            }
+            match IN_FLIGHT.compare_exchange_weak(n, n + 1, Relaxed, Relaxed) {
+                Ok(_) => return Some(Slot),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Sends `parts` (shaped for `mirror` already) with `body` in a task of its
+/// own. The answer's head must come within `timeout`, as for the request
+/// itself, and its body is read to the end (so that the connection goes
+/// back to the pool) within another `timeout`.
+pub fn send(
+    parts: http::request::Parts,
+    body: RequestBody,
+    forwarded: headers::ForwardedFields,
+    mirror: &Backend,
+    timeout: Duration,
+) {
+    let Some(slot) = Slot::take() else {
+        tracing::debug!(backend = %mirror.name, "too many mirrored requests under way; not copying this one");
+        return;
+    };
+    let pool: Arc<Pool> = mirror.pool.clone();
+    let stats: Arc<BackendStats> = mirror.stats.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let started = Instant::now();
+        let response = tokio::time::timeout(timeout, pool.send(parts, body, forwarded)).await;
+        let latency = started.elapsed();
+        let response = match response {
+            Ok(Ok(response)) => response,
+            // The client's body broke off, or the copy fell behind it: not
+            // the mirror backend's doing.
+            Ok(Err(e)) if matches!(e.failure, Failure::Downstream(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "mirrored request failed");
+                stats.record(Class::Error, latency);
+                return;
+            }
+            Err(_) => {
+                stats.record(Class::Error, latency);
+                return;
+            }
+        };
+        let class = if grpc_failed(response.headers()) {
+            Class::Server5xx
+        } else {
+            Class::of_status(response.status().as_u16())
+        };
+        stats.record(class, latency);
+        let mut body = response.into_body();
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// The authority a copy names: `shop.test:8080` becomes
+/// `shop.test-shadow:8080`, as Envoy and Istio mark the copies they mirror,
+/// so that the mirror backend (its logs, its own routing) tells them apart.
+/// `None` for an IPv6 literal, which has no name to mark (`http` would
+/// take `[::1]-shadow` as an authority all the same).
+pub fn shadowed(authority: &Authority) -> Option<Authority> {
+    let bare = headers::without_userinfo(authority.as_str());
+    let host = headers::authority_host(bare);
+    if host.starts_with('[') {
+        return None;
+    }
+    let port = &bare[host.len()..];
+    format!("{host}-shadow{port}").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_marks_its_host_before_the_port() {
+        let cases = [
+            ("shop.test", Some("shop.test-shadow")),
+            ("shop.test:8080", Some("shop.test-shadow:8080")),
+            ("user@shop.test:1", Some("shop.test-shadow:1")),
+            ("127.0.0.1:80", Some("127.0.0.1-shadow:80")),
+            ("[::1]:80", None),
+        ];
+        for (authority, marked) in cases {
+            let a: Authority = authority.parse().unwrap();
+            assert_eq!(
+                shadowed(&a).as_ref().map(Authority::as_str),
+                marked,
+                "{authority}"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_under_way_are_bounded_and_counted_back() {
+        let before = IN_FLIGHT.load(Relaxed);
+        let held: Vec<Slot> = std::iter::from_fn(Slot::take)
+            .take(MAX_IN_FLIGHT + 1)
+            .collect();
+        assert_eq!(held.len(), MAX_IN_FLIGHT - before);
+        assert!(Slot::take().is_none());
+        drop(held);
+        assert_eq!(IN_FLIGHT.load(Relaxed), before);
+    }
+}
