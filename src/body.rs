@@ -42,6 +42,13 @@ pub enum BodyLimit {
 /// there), never slowing the request it copies.
 pub const MIRROR_BUFFER: usize = 256 * 1024;
 
+/// How many bytes all mirrored copies in the process may hold unread
+/// together; past it, the copy that would go over loses its body.
+pub const MIRROR_BUDGET: usize = 64 << 20;
+
+/// Bytes held by copies, all together: the sum of their `buffered`.
+static MIRRORED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 pin_project! {
     #[project = SourceProj]
     enum Source {
@@ -62,6 +69,13 @@ struct TeeState {
     complete: AtomicBool,
 }
 
+impl Drop for TeeState {
+    /// Whatever the copy never read no longer counts against the budget.
+    fn drop(&mut self) {
+        MIRRORED_BYTES.fetch_sub(*self.buffered.get_mut(), Ordering::AcqRel);
+    }
+}
+
 /// The sending side of a mirrored copy, kept by the request body it copies.
 struct Tee {
     tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
@@ -72,8 +86,10 @@ impl Tee {
     /// Hands a frame's data to the copy; false when the copy is to be given
     /// up (its reader is gone or too far behind).
     fn send(&self, data: &Bytes) -> bool {
-        let held = self.state.buffered.fetch_add(data.len(), Ordering::AcqRel) + data.len();
-        held <= MIRROR_BUFFER && self.tx.send(data.clone()).is_ok()
+        let n = data.len();
+        let held = self.state.buffered.fetch_add(n, Ordering::AcqRel) + n;
+        let all = MIRRORED_BYTES.fetch_add(n, Ordering::AcqRel) + n;
+        held <= MIRROR_BUFFER && all <= MIRROR_BUDGET && self.tx.send(data.clone()).is_ok()
     }
 
     fn complete(self) {
@@ -152,7 +168,7 @@ impl RequestBody {
             max: u64::MAX,
             deadline: self.deadline,
             sleep: None,
-            done: None,
+            done: (!ended).then(|| Arc::new(AtomicBool::new(false))),
             open: None,
         }
     }
@@ -185,7 +201,17 @@ impl Body for RequestBody {
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
             SourceProj::Client { body } => body.poll_frame(cx),
-            SourceProj::Copy { rx, tee, ended } => return poll_copy(rx, tee, ended, cx),
+            SourceProj::Copy {
+                rx,
+                tee,
+                ended: end,
+            } => {
+                let polled = poll_copy(rx, tee, end, cx);
+                if *end {
+                    ended(this.done, this.open, this.tee);
+                }
+                return polled;
+            }
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -263,6 +289,7 @@ fn poll_copy(
     match ready!(rx.poll_recv(cx)) {
         Some(data) => {
             tee.buffered.fetch_sub(data.len(), Ordering::AcqRel);
+            MIRRORED_BYTES.fetch_sub(data.len(), Ordering::AcqRel);
             Poll::Ready(Some(Ok(Frame::data(data))))
         }
         None if tee.complete.load(Ordering::Acquire) => {
@@ -426,4 +453,49 @@ impl Body for ResponseBody {
 pub fn grpc_failed(headers: &http::HeaderMap) -> bool {
     static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     crate::proxy::headers::find(headers, &GRPC_STATUS).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_a_copy_never_read_leave_the_budget_with_it() {
+        let before = MIRRORED_BYTES.load(Ordering::Acquire);
+        let state = Arc::new(TeeState::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tee = Tee {
+            tx,
+            state: state.clone(),
+        };
+        assert!(tee.send(&Bytes::from_static(b"0123456789")));
+        assert!(tee.send(&Bytes::from_static(b"abc")));
+        assert_eq!(MIRRORED_BYTES.load(Ordering::Acquire), before + 13);
+        // The copy reads one frame, then both sides go.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut ended = false;
+        let first = poll_copy(&mut rx, &state, &mut ended, &mut cx);
+        assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
+        assert_eq!(MIRRORED_BYTES.load(Ordering::Acquire), before + 3);
+        // A copy too far behind is refused, and still counted until it goes.
+        let big = Bytes::from(vec![0u8; MIRROR_BUFFER]);
+        assert!(!tee.send(&big));
+        drop((tee, rx, state));
+        assert_eq!(MIRRORED_BYTES.load(Ordering::Acquire), before);
+    }
+
+    #[test]
+    fn a_copy_whose_sender_left_without_finishing_fails() {
+        let state = Arc::new(TeeState::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        drop(tx);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut ended = false;
+        let cut = poll_copy(&mut rx, &state, &mut ended, &mut cx);
+        assert!(matches!(cut, Poll::Ready(Some(Err(_)))));
+        state.complete.store(true, Ordering::Release);
+        let whole = poll_copy(&mut rx, &state, &mut ended, &mut cx);
+        assert!(matches!(whole, Poll::Ready(None)) && ended);
+    }
 }

@@ -361,6 +361,7 @@ impl ControlPlane {
                     for b in &mut r.backends {
                         b.weight = weights.get(&b.name).copied().unwrap_or(0);
                     }
+                    end_copies_to_a_rolled_back_canary(r);
                 }
             }
         }
@@ -424,6 +425,7 @@ impl ControlPlane {
                 for b in &mut r.backends {
                     b.weight = weights.get(&b.name).copied().unwrap_or(0);
                 }
+                end_copies_to_a_rolled_back_canary(r);
                 Ok(doc)
             }
             Change::Rollback { route } => {
@@ -434,6 +436,14 @@ impl ControlPlane {
                 let r = find_route(&mut doc, &current.config, route)?;
                 for (i, b) in r.backends.iter_mut().enumerate() {
                     b.weight = if i == baseline { 100 } else { 0 };
+                }
+                // Nothing but the baseline hears from this route any more,
+                // copies included.
+                if r.mirror
+                    .as_ref()
+                    .is_some_and(|m| r.backends.get(baseline).is_none_or(|b| b.name != m.backend))
+                {
+                    r.mirror = None;
                 }
                 Ok(doc)
             }
@@ -508,6 +518,26 @@ fn no_route(route: &str) -> Rejection {
 }
 
 /// The named route of a document derived from `config`'s, for changing.
+/// A rollout that rolled back (or was aborted) leaves its canary at weight
+/// 0; a mirror to that canary ends with it, so that after a rollback no
+/// request reaches the canary, not even as a copy. (A mirror to a canary at
+/// weight 0 before or while a rollout runs is left alone: that is shadow
+/// testing.) A reload of the same rollout keeps them ended; a config
+/// with a new rollout (or none) brings them back.
+fn end_copies_to_a_rolled_back_canary(r: &mut config::raw::Route) {
+    let (Some(plan), Some(mirror)) = (&r.rollout, &r.mirror) else {
+        return;
+    };
+    let canary_weight = r
+        .backends
+        .iter()
+        .find(|b| b.name == plan.canary)
+        .map_or(0, |b| b.weight);
+    if mirror.backend == plan.canary && canary_weight == 0 {
+        r.mirror = None;
+    }
+}
+
 fn find_route<'a>(
     doc: &'a mut Document,
     config: &config::Config,
@@ -534,5 +564,43 @@ impl ControlPlane {
             format!("{what} rejected; version {version} keeps serving"),
             serde_json::json!({ "problems": problems.0 }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(yaml_tail: &str) -> config::raw::Route {
+        let doc = config::parse_document(
+            &format!(
+                "routes:\n  - name: api\n    backends: [{{ name: stable, url: \"http://127.0.0.1:1\" }}, {{ name: canary, url: \"http://127.0.0.1:2\", weight: 0 }}]\n{yaml_tail}"
+            ),
+            config::Syntax::Yaml,
+        )
+        .unwrap();
+        (*doc.routes[0]).clone()
+    }
+
+    #[test]
+    fn a_rolled_back_canary_gets_no_copies_but_a_dark_one_does() {
+        let plan = "    rollout: { baseline: stable, canary: canary }\n";
+        // Weight 0 after a rollout's change: it rolled back.
+        let mut r = route(&format!("    mirror: {{ backend: canary }}\n{plan}"));
+        end_copies_to_a_rolled_back_canary(&mut r);
+        assert!(r.mirror.is_none());
+        // The rollout is running: the canary has weight.
+        let mut r = route(&format!("    mirror: {{ backend: canary }}\n{plan}"));
+        r.backends[1].weight = 10;
+        end_copies_to_a_rolled_back_canary(&mut r);
+        assert!(r.mirror.is_some());
+        // No rollout: nothing rolls back, the dark canary keeps its copies.
+        let mut r = route("    mirror: { backend: canary }\n");
+        end_copies_to_a_rolled_back_canary(&mut r);
+        assert!(r.mirror.is_some());
+        // A mirror to the baseline is no copy to the canary.
+        let mut r = route(&format!("    mirror: {{ backend: stable }}\n{plan}"));
+        end_copies_to_a_rolled_back_canary(&mut r);
+        assert!(r.mirror.is_some());
     }
 }

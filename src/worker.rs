@@ -1,7 +1,9 @@
 //! Which proxy worker the current thread is. Each worker is one thread with
 //! its own runtime, so a structure kept apart per worker (idle upstream
-//! connections, stats shards) is only ever touched from one core: nothing
-//! bounces between caches and no socket wakes a thread across cores.
+//! connections, stats shards) is touched from one core: nothing bounces
+//! between caches and no socket wakes a thread across cores. (Where a
+//! structure has fewer parts than there are workers, capped or made before
+//! more were reserved, workers share parts: still correct, only shared.)
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -68,8 +68,10 @@ async fn no_request_fails_during_many_swaps_under_load() {
 async fn after_rollback_returns_no_new_request_reaches_the_canary() {
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
+    // The canary also gets a copy of every request that goes to stable:
+    // after the rollback, not even a copy may reach it.
     let yaml = route_yaml(
-        "",
+        "mirror: { backend: canary }",
         &[("stable", stable.url(), 50), ("canary", canary.url(), 50)],
     );
     let p = start_proxy(&yaml).await;

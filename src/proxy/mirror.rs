@@ -5,9 +5,11 @@
 //! the mirror falls behind, see [`crate::body::MIRROR_BUFFER`]), and when
 //! too many copies are already under way, no more are made.
 //!
-//! A copy's outcome counts for its backend like any request's (its window,
-//! its rollout gates, its Prometheus series): shadowing a canary is how its
-//! health is judged on real traffic before it takes any.
+//! A copy's outcome counts for its backend like any request's, judged the
+//! same way (its window, its rollout gates, its Prometheus series):
+//! shadowing a canary is how its health is judged on real traffic before it
+//! takes any. A copy cut off on sluice's side (its mirror fell behind, the
+//! client's body broke off or came too slowly) is not counted at all.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use http::uri::Authority;
 use http_body_util::BodyExt;
 
 use super::headers;
-use crate::body::{grpc_failed, RequestBody};
+use crate::body::{grpc_failed, Outcome, RequestBody, ResponseBody};
 use crate::stats::{BackendStats, Class};
 use crate::table::Backend;
 use crate::upstream::{Failure, Pool};
@@ -73,13 +75,16 @@ pub fn send(
     tokio::spawn(async move {
         let _slot = slot;
         let started = Instant::now();
+        // Whether the copy's body arrived whole: a copy cut off (the mirror
+        // fell behind, the client's body broke off or was slow) says
+        // nothing about the mirror backend, however its exchange ended.
+        let sent = body.progress();
         let response = tokio::time::timeout(timeout, pool.send(parts, body, forwarded)).await;
         let latency = started.elapsed();
         let response = match response {
             Ok(Ok(response)) => response,
-            // The client's body broke off, or the copy fell behind it: not
-            // the mirror backend's doing.
-            Ok(Err(e)) if matches!(e.failure, Failure::Downstream(_)) => return,
+            Ok(Err(e)) if !sent.finished() || matches!(e.failure, Failure::Downstream(_)) => return,
+            Err(_) if !sent.finished() => return,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "mirrored request failed");
                 stats.record(Class::Error, latency);
@@ -90,13 +95,16 @@ pub fn send(
                 return;
             }
         };
-        let class = if grpc_failed(response.headers()) {
+        // Judged as the request's own answer is: by its status, a gRPC
+        // status in its head or trailers, or a body that breaks off,
+        // recorded once when the body ends (or is given up).
+        let (head, inner) = response.into_parts();
+        let class = if grpc_failed(&head.headers) {
             Class::Server5xx
         } else {
-            Class::of_status(response.status().as_u16())
+            Class::of_status(head.status.as_u16())
         };
-        stats.record(class, latency);
-        let mut body = response.into_body();
+        let mut body = ResponseBody::upstream(inner, Outcome::new(stats, class, latency));
         let _ = tokio::time::timeout(timeout, async {
             while let Some(frame) = body.frame().await {
                 if frame.is_err() {

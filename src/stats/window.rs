@@ -123,8 +123,8 @@ struct Slot {
     /// Which second this slot currently holds; `u64::MAX` when never used.
     epoch: AtomicU64,
     classes: [AtomicU64; 5],
-    /// Allocated the first time the slot records, so idle backends of a large
-    /// table cost only their slot headers; its chunks likewise.
+    /// Allocated the first time the slot records a latency, and its chunks
+    /// as latencies fall in them.
     latency: OnceLock<Box<Chunks>>,
 }
 
@@ -138,19 +138,19 @@ impl Slot {
     }
 }
 
-/// A ring of one-second slots per shard, all in one slice (shard after
-/// shard).
+/// A ring of one-second slots per shard, each made when its worker first
+/// records: the backends of a large table that see no traffic cost a few
+/// pointers each, and a backend only one worker serves, one ring.
 pub struct Window {
-    slots: Box<[Slot]>,
+    rings: Box<[OnceLock<Box<[Slot]>>]>,
     seconds: usize,
-    shards: usize,
 }
 
 impl std::fmt::Debug for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Window")
             .field("seconds", &self.seconds)
-            .field("shards", &self.shards)
+            .field("shards", &self.rings.len())
             .finish()
     }
 }
@@ -159,11 +159,9 @@ impl Window {
     /// A window able to answer for spans up to `span` (at least one minute).
     pub fn new(span: Duration) -> Self {
         let seconds = span.as_secs().max(60) as usize + 1;
-        let shards = shard_count();
         Window {
-            slots: (0..seconds * shards).map(|_| Slot::new()).collect(),
+            rings: (0..shard_count()).map(|_| OnceLock::new()).collect(),
             seconds,
-            shards,
         }
     }
 
@@ -176,8 +174,9 @@ impl Window {
     /// the rollover into a new second may be lost, never double-counted into
     /// another second.
     pub fn record(&self, now_sec: u64, class: Class, latency: Duration) {
-        let shard = crate::worker::index(self.shards);
-        let slot = &self.slots[shard * self.seconds + (now_sec % self.seconds as u64) as usize];
+        let ring = self.rings[crate::worker::index(self.rings.len())]
+            .get_or_init(|| (0..self.seconds).map(|_| Slot::new()).collect());
+        let slot = &ring[(now_sec % self.seconds as u64) as usize];
         let seen = slot.epoch.load(Relaxed);
         if seen != now_sec {
             if seen != u64::MAX && seen > now_sec {
@@ -220,7 +219,12 @@ impl Window {
         let oldest = now_sec.saturating_sub(span - 1);
         let mut snap = Snapshot::default();
         let mut latency: Option<Vec<u64>> = None;
-        for slot in self.slots.iter() {
+        for slot in self
+            .rings
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|r| r.iter())
+        {
             let epoch = slot.epoch.load(Relaxed);
             if epoch == u64::MAX || epoch < oldest || epoch > now_sec {
                 continue;

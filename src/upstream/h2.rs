@@ -37,8 +37,9 @@ pub struct Conns {
 #[derive(Default)]
 struct Slot {
     live: ArcSwapOption<Live>,
-    /// Held while a connection is opened.
-    opening: tokio::sync::Mutex<()>,
+    /// Held while a connection is opened; holds when the last attempt
+    /// failed, and how.
+    opening: tokio::sync::Mutex<Option<(tokio::time::Instant, Failure)>>,
 }
 
 struct Live {
@@ -72,19 +73,22 @@ impl Conns {
         let slot = &self.per_worker[crate::worker::index(self.per_worker.len())];
         let mut fresh = false;
         loop {
-            let mut send = match self.usable(slot) {
-                Some(send) => send,
+            let live = match self.usable(slot) {
+                Some(live) => live,
                 None => {
                     fresh = true;
                     self.open(slot, pool).await?
                 }
             };
+            let mut send = live.send.clone();
             match send.try_send_request(req).await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         tracing::trace!(error = %e.error(), "h2c connection closed; sending again");
-                        slot.live.store(None);
+                        // Only this connection: another request may have
+                        // opened a new one meanwhile.
+                        slot.live.compare_and_swap(&Some(live), None);
                         req = unsent;
                     }
                     _ => return Err(UpstreamError::classify(e.into_error())),
@@ -94,9 +98,8 @@ impl Conns {
     }
 
     /// The worker's connection, if it is open and was used recently.
-    fn usable(&self, slot: &Slot) -> Option<SendRequest<RequestBody>> {
-        let guard = slot.live.load();
-        let live = guard.as_ref()?;
+    fn usable(&self, slot: &Slot) -> Option<Arc<Live>> {
+        let live = slot.live.load_full()?;
         let now = crate::clock::coarse_ms();
         if live.send.is_closed()
             || now.saturating_sub(live.last_used_ms.load(Relaxed)) >= self.idle_timeout_ms
@@ -104,35 +107,56 @@ impl Conns {
             return None;
         }
         live.last_used_ms.store(now, Relaxed);
-        Some(live.send.clone())
+        Some(live)
     }
 
-    async fn open(
-        &self,
-        slot: &Slot,
-        pool: &Pool,
-    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-        let _opening = slot.opening.lock().await;
+    /// Opens the worker's connection. Requests that waited while another
+    /// tried and failed get that failure at once rather than each trying in
+    /// turn, which against a backend that does not answer would take a
+    /// connect timeout apiece.
+    async fn open(&self, slot: &Slot, pool: &Pool) -> Result<Arc<Live>, UpstreamError> {
+        let asked = tokio::time::Instant::now();
+        let mut opening = slot.opening.lock().await;
         // Another request may have opened one while this one waited.
-        if let Some(send) = self.usable(slot) {
-            return Ok(send);
+        if let Some(live) = self.usable(slot) {
+            return Ok(live);
         }
-        let (addr, stream) = pool.connect_stream().await?;
-        let (send, conn) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::new(Failure::Broken, e))?;
+        if let Some((when, failure)) = *opening {
+            if when >= asked {
+                return Err(UpstreamError::new(
+                    failure,
+                    std::io::Error::other("the connection being opened for this request failed"),
+                ));
+            }
+        }
+        let connected = async {
+            let (addr, stream) = pool.connect_stream().await?;
+            let (send, conn) = self
+                .builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| UpstreamError::new(Failure::Broken, e))?;
+            Ok::<_, UpstreamError>((addr, send, conn))
+        };
+        let (addr, send, conn) = match connected.await {
+            Ok(c) => c,
+            Err(e) => {
+                *opening = Some((tokio::time::Instant::now(), e.failure));
+                return Err(e);
+            }
+        };
+        *opening = None;
         // Driven on this worker, where its requests come from.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "h2c backend connection ended");
             }
         });
-        slot.live.store(Some(Arc::new(Live {
-            send: send.clone(),
+        let live = Arc::new(Live {
+            send,
             last_used_ms: AtomicU64::new(crate::clock::coarse_ms()),
-        })));
-        Ok(send)
+        });
+        slot.live.store(Some(live.clone()));
+        Ok(live)
     }
 }

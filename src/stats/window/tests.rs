@@ -82,7 +82,11 @@ fn workers_record_into_their_own_shards_and_readers_sum_them() {
     crate::worker::reserve(2);
     let w = Window::new(Duration::from_secs(60));
     let life = Lifetime::default();
-    assert_eq!((w.shards, life.shards.len()), (2, 2));
+    assert_eq!((w.rings.len(), life.shards.len()), (2, 2));
+    assert!(
+        w.rings.iter().all(|r| r.get().is_none()),
+        "rings are made on first use"
+    );
     for (worker, class, ms) in [
         (0, Class::Informational2xx, 1),
         (1, Class::Informational2xx, 3),
@@ -103,7 +107,7 @@ fn workers_record_into_their_own_shards_and_readers_sum_them() {
             .sum::<u64>()
     };
     assert_eq!((in_shard(0), in_shard(1)), (1, 3));
-    let slot = |shard: usize| &w.slots[shard * w.seconds + 50 % w.seconds];
+    let slot = |shard: usize| &w.rings[shard].get().unwrap()[50 % w.seconds];
     assert_eq!(slot(0).classes[0].load(Relaxed), 1);
     assert_eq!(slot(1).classes[0].load(Relaxed), 1);
 
@@ -143,7 +147,7 @@ fn a_slot_allocates_only_the_chunks_its_latencies_fall_in() {
     for ms in [1, 1, 3, 900] {
         w.record(8, Class::Informational2xx, Duration::from_millis(ms));
     }
-    let slot = &w.slots[8];
+    let slot = &w.rings[0].get().unwrap()[8];
     let chunks = slot.latency.get().expect("a latency was recorded");
     let allocated: Vec<usize> = (0..CHUNKS).filter(|&i| chunks[i].get().is_some()).collect();
     // 1 ms and 3 ms lie in 2^9..2^10 and 2^11..2^12 µs, 900 ms in 2^19..2^20.
