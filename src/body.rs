@@ -67,6 +67,9 @@ struct TeeState {
     /// The client's body arrived whole; without this, a copy whose sender is
     /// gone was cut off.
     complete: AtomicBool,
+    /// The request body gave its copy up (the copy fell behind, or the
+    /// client's body broke off, was too large or too slow).
+    cut: AtomicBool,
 }
 
 impl Drop for TeeState {
@@ -80,6 +83,14 @@ impl Drop for TeeState {
 struct Tee {
     tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
     state: Arc<TeeState>,
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if !self.state.complete.load(Ordering::Acquire) {
+            self.state.cut.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl Tee {
@@ -173,10 +184,31 @@ impl RequestBody {
         }
     }
 
+    /// For a mirrored copy: tells whether it was cut off on sluice's side
+    /// (see [`RequestBody::mirrored`]), which says nothing of the mirror
+    /// backend. Always false for a client's own body.
+    pub fn cut_off(&self) -> CopyCut {
+        CopyCut(match &self.inner {
+            Source::Copy { tee, .. } => Some(tee.clone()),
+            Source::Client { .. } => None,
+        })
+    }
+
     /// Tells whether the whole body has been sent on (always true for a
     /// request without one).
     pub fn progress(&self) -> BodyProgress {
         BodyProgress(self.done.clone())
+    }
+}
+
+/// Whether a mirrored copy was cut off; see [`RequestBody::cut_off`].
+pub struct CopyCut(Option<Arc<TeeState>>);
+
+impl CopyCut {
+    pub fn happened(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|t| t.cut.load(Ordering::Acquire))
     }
 }
 
@@ -483,6 +515,25 @@ mod tests {
         assert!(!tee.send(&big));
         drop((tee, rx, state));
         assert_eq!(MIRRORED_BYTES.load(Ordering::Acquire), before);
+    }
+
+    #[test]
+    fn a_copy_given_up_is_marked_cut_and_a_finished_one_is_not() {
+        for finish in [false, true] {
+            let state = Arc::new(TeeState::default());
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let tee = Tee {
+                tx,
+                state: state.clone(),
+            };
+            if finish {
+                tee.complete();
+            } else {
+                drop(tee);
+            }
+            let cut = CopyCut(Some(state));
+            assert_eq!(cut.happened(), !finish);
+        }
     }
 
     #[test]

@@ -403,3 +403,47 @@ async fn a_mirror_that_falls_behind_loses_its_copy_and_the_request_goes_on() {
     assert!(counted.is_empty(), "{counted:?}");
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_refuses_its_copies_is_counted_as_failing() {
+    let stable = Backend::start("stable").await;
+    let down = closed_port().await;
+    let p = start_proxy(&route_yaml(
+        "mirror: { backend: down }",
+        &[
+            ("stable", stable.url(), 100),
+            ("down", format!("http://{down}"), 0),
+        ],
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://{}/", p.proxy_addr());
+    // With bodies and without: a copy that never got to send its body was
+    // refused by the mirror, not cut off by sluice.
+    for body in ["", "some body"] {
+        for _ in 0..3 {
+            let (s, _, answer) = send(&c, "POST", &url, &[], body).await;
+            assert_eq!(
+                (s.as_u16(), answer),
+                (200, format!("stable {}", body.len()))
+            );
+        }
+    }
+    let line = "sluice_requests_total{route=\"api\",backend=\"down\",class=\"error\"} 6";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut metrics = String::new();
+    while std::time::Instant::now() < until {
+        metrics = get(&c, &format!("http://{}/metrics", p.admin_addr), &[])
+            .await
+            .1;
+        if metrics.lines().any(|l| l == line) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in\n{metrics}"
+    );
+    p.shutdown().await;
+}

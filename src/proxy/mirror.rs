@@ -75,16 +75,18 @@ pub fn send(
     tokio::spawn(async move {
         let _slot = slot;
         let started = Instant::now();
-        // Whether the copy's body arrived whole: a copy cut off (the mirror
-        // fell behind, the client's body broke off or was slow) says
-        // nothing about the mirror backend, however its exchange ended.
+        // A copy cut off on sluice's side (it fell behind, the client's
+        // body broke off) says nothing about the mirror backend, however
+        // its exchange ended; nor does a timeout while the client was
+        // still sending, as for the request itself.
+        let cut = body.cut_off();
         let sent = body.progress();
         let response = tokio::time::timeout(timeout, pool.send(parts, body, forwarded)).await;
         let latency = started.elapsed();
         let response = match response {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) if !sent.finished() || matches!(e.failure, Failure::Downstream(_)) => return,
-            Err(_) if !sent.finished() => return,
+            Ok(Err(e)) if cut.happened() || matches!(e.failure, Failure::Downstream(_)) => return,
+            Err(_) if cut.happened() || !sent.finished() => return,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "mirrored request failed");
                 stats.record(Class::Error, latency);

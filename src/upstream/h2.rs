@@ -5,8 +5,9 @@
 //! scheme and authority and connects to that authority, so the request had
 //! to name the backend's address as its `:authority` and the client's own
 //! host was lost. Here the connection belongs to the backend, and the
-//! request carries the authority the client asked for, as Envoy and nginx
-//! pass it on.
+//! request carries the authority the client asked for, as Envoy passes it
+//! on. Streams beyond what the backend allows at once wait in hyper for
+//! one to end, as they did on hyper-util's one connection per backend.
 //!
 //! Requests take the connection with one atomic load (no lock); only
 //! opening a connection takes a per-worker lock, so that a burst of requests
