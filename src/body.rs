@@ -55,7 +55,7 @@ pin_project! {
         /// The client's body.
         Client { #[pin] body: Incoming },
         /// A mirrored copy of a client's body, frame by frame.
-        Copy { rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>, tee: Arc<TeeState>, ended: bool },
+        Copy { rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>, state: Arc<TeeState>, ended: bool },
     }
 }
 
@@ -169,11 +169,7 @@ impl RequestBody {
             }));
         }
         RequestBody {
-            inner: Source::Copy {
-                rx,
-                tee: state,
-                ended,
-            },
+            inner: Source::Copy { rx, state, ended },
             tee: None,
             received: 0,
             max: u64::MAX,
@@ -189,7 +185,7 @@ impl RequestBody {
     /// backend. Always false for a client's own body.
     pub fn cut_off(&self) -> CopyCut {
         CopyCut(match &self.inner {
-            Source::Copy { tee, .. } => Some(tee.clone()),
+            Source::Copy { state, .. } => Some(state.clone()),
             Source::Client { .. } => None,
         })
     }
@@ -235,10 +231,10 @@ impl Body for RequestBody {
             SourceProj::Client { body } => body.poll_frame(cx),
             SourceProj::Copy {
                 rx,
-                tee,
+                state,
                 ended: end,
             } => {
-                let polled = poll_copy(rx, tee, end, cx);
+                let polled = poll_copy(rx, state, end, cx);
                 if *end {
                     ended(this.done, this.open, this.tee);
                 }
@@ -311,7 +307,7 @@ impl Source {
 /// it copies has one, and when that request gives up, so does the copy.
 fn poll_copy(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Bytes>,
-    tee: &TeeState,
+    state: &TeeState,
     ended: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -320,11 +316,11 @@ fn poll_copy(
     }
     match ready!(rx.poll_recv(cx)) {
         Some(data) => {
-            tee.buffered.fetch_sub(data.len(), Ordering::AcqRel);
+            state.buffered.fetch_sub(data.len(), Ordering::AcqRel);
             MIRRORED_BYTES.fetch_sub(data.len(), Ordering::AcqRel);
             Poll::Ready(Some(Ok(Frame::data(data))))
         }
-        None if tee.complete.load(Ordering::Acquire) => {
+        None if state.complete.load(Ordering::Acquire) => {
             *ended = true;
             Poll::Ready(None)
         }

@@ -517,7 +517,6 @@ fn no_route(route: &str) -> Rejection {
     Rejection::NotFound(format!("no route named \"{route}\""))
 }
 
-/// The named route of a document derived from `config`'s, for changing.
 /// A rollout that rolled back (or was aborted) leaves its canary at weight
 /// 0; a mirror to that canary ends with it, so that after a rollback no
 /// request reaches the canary, not even as a copy. (A mirror to a canary at
@@ -538,6 +537,7 @@ fn end_copies_to_a_rolled_back_canary(r: &mut config::raw::Route) {
     }
 }
 
+/// The named route of a document derived from `config`'s, for changing.
 fn find_route<'a>(
     doc: &'a mut Document,
     config: &config::Config,

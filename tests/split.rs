@@ -209,13 +209,7 @@ async fn routes_match_host_path_and_headers_first_match_wins() {
     p.shutdown().await;
 }
 
-/// Waits (bounded) until `b` has seen `n` requests.
-async fn until_seen(b: &Backend, n: u64) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b.state.seen() < n && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
+const REQUESTS: &str = "sluice_requests_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_gets_a_copy_of_each_request_and_the_client_never_sees_it() {
@@ -250,7 +244,6 @@ async fn a_mirror_gets_a_copy_of_each_request_and_the_client_never_sees_it() {
             "request {i}"
         );
     }
-    until_seen(&canary, 20).await;
     // The copies carried the bodies whole (the backend counts a body once
     // it has read all of it) and a host marked as a copy; and they count
     // for the mirror backend, as any request would, once answered.
@@ -260,28 +253,15 @@ async fn a_mirror_gets_a_copy_of_each_request_and_the_client_never_sees_it() {
             .body_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let metrics_url = format!("http://{}/metrics", p.admin_addr);
-    let counted = |metrics: &str, backend: &str| {
-        let line = format!(
-            "sluice_requests_total{{route=\"api\",backend=\"{backend}\",class=\"2xx\"}} 20"
-        );
-        metrics.lines().any(|l| l == line)
-    };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut metrics = String::new();
-    while std::time::Instant::now() < until {
-        metrics = get(&c, &metrics_url, &[]).await.1;
-        if bytes() == 10 * 100_000 && counted(&metrics, "canary") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!((stable.state.seen(), canary.state.seen()), (20, 20));
-    assert_eq!(bytes(), 10 * 100_000);
-    assert!(
-        counted(&metrics, "stable") && counted(&metrics, "canary"),
-        "{metrics}"
+    let within = std::time::Duration::from_secs(10);
+    eventually(within, "the copies' bodies", || bytes() == 10 * 100_000).await;
+    let canary_2xx = [("backend", "canary"), ("class", "2xx")];
+    let m = wait_metric(&p, REQUESTS, &canary_2xx, 20.0, within).await;
+    assert_eq!(
+        metric(&m, REQUESTS, &[("backend", "stable"), ("class", "2xx")]),
+        20.0
     );
+    assert_eq!((stable.state.seen(), canary.state.seen()), (20, 20));
     let host = |b: &Backend| {
         let h = b.state.last_headers.lock().unwrap().clone().unwrap();
         h.get("host").unwrap().to_str().unwrap().to_string()
@@ -312,7 +292,11 @@ async fn a_mirror_takes_its_share_and_never_holds_up_the_request() {
         assert_eq!(get(&c, &url, &[]).await.0, 200);
     }
     let (mean, sd) = (n as f64 * 0.25, (n as f64 * 0.25 * 0.75).sqrt());
-    until_seen(&canary, (mean - 4.0 * sd) as u64).await;
+    let lower = (mean - 4.0 * sd) as u64;
+    eventually(std::time::Duration::from_secs(10), "the copies", || {
+        canary.state.seen() >= lower
+    })
+    .await;
     let got = canary.state.seen() as f64;
     assert!(
         (got - mean).abs() <= 4.0 * sd,
@@ -392,15 +376,8 @@ async fn a_mirror_that_falls_behind_loses_its_copy_and_the_request_goes_on() {
     // not counted against it. (Given a moment, as the copy's task ends
     // just after its connection does.)
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (_, metrics) = get(&client(), &format!("http://{}/metrics", p.admin_addr), &[]).await;
-    let counted: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("sluice_requests_total{route=\"api\",backend=\"sink\"")
-                && !l.ends_with(" 0")
-        })
-        .collect();
-    assert!(counted.is_empty(), "{counted:?}");
+    let m = admin_text(&p, "/metrics").await;
+    assert_eq!(metric(&m, REQUESTS, &[("backend", "sink")]), 0.0, "{m}");
     p.shutdown().await;
 }
 
@@ -429,21 +406,8 @@ async fn a_mirror_that_refuses_its_copies_is_counted_as_failing() {
             );
         }
     }
-    let line = "sluice_requests_total{route=\"api\",backend=\"down\",class=\"error\"} 6";
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut metrics = String::new();
-    while std::time::Instant::now() < until {
-        metrics = get(&c, &format!("http://{}/metrics", p.admin_addr), &[])
-            .await
-            .1;
-        if metrics.lines().any(|l| l == line) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "no `{line}` in\n{metrics}"
-    );
+    let down_errors = [("backend", "down"), ("class", "error")];
+    let within = std::time::Duration::from_secs(10);
+    wait_metric(&p, REQUESTS, &down_errors, 6.0, within).await;
     p.shutdown().await;
 }

@@ -11,12 +11,12 @@
 //! takes any. A copy cut off on sluice's side (its mirror fell behind, the
 //! client's body broke off or came too slowly) is not counted at all.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
 
 use super::headers;
 use crate::body::{grpc_failed, Outcome, RequestBody, ResponseBody};
@@ -29,31 +29,8 @@ use crate::upstream::{Failure, Pool};
 /// requests go unmirrored rather than pile up.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// One copy under way, counted while it lives.
-struct Slot;
-
-impl Slot {
-    fn take() -> Option<Slot> {
-        let mut n = IN_FLIGHT.load(Relaxed);
-        loop {
-            if n >= MAX_IN_FLIGHT {
-                return None;
-            }
-            match IN_FLIGHT.compare_exchange_weak(n, n + 1, Relaxed, Relaxed) {
-                Ok(_) => return Some(Slot),
-                Err(now) => n = now,
-            }
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Relaxed);
-    }
-}
+/// A permit per copy under way.
+static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
 
 /// Sends `parts` (shaped for `mirror` already) with `body` in a task of its
 /// own. The answer's head must come within `timeout`, as for the request
@@ -66,14 +43,14 @@ pub fn send(
     mirror: &Backend,
     timeout: Duration,
 ) {
-    let Some(slot) = Slot::take() else {
+    let Ok(permit) = IN_FLIGHT.try_acquire() else {
         tracing::debug!(backend = %mirror.name, "too many mirrored requests under way; not copying this one");
         return;
     };
     let pool: Arc<Pool> = mirror.pool.clone();
     let stats: Arc<BackendStats> = mirror.stats.clone();
     tokio::spawn(async move {
-        let _slot = slot;
+        let _permit = permit;
         let started = Instant::now();
         // A copy cut off on sluice's side (it fell behind, the client's
         // body broke off) says nothing about the mirror backend, however
@@ -87,12 +64,10 @@ pub fn send(
             Ok(Ok(response)) => response,
             Ok(Err(e)) if cut.happened() || matches!(e.failure, Failure::Downstream(_)) => return,
             Err(_) if cut.happened() || !sent.finished() => return,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "mirrored request failed");
-                stats.record(Class::Error, latency);
-                return;
-            }
-            Err(_) => {
+            failed => {
+                if let Ok(Err(e)) = failed {
+                    tracing::debug!(error = %e, "mirrored request failed");
+                }
                 stats.record(Class::Error, latency);
                 return;
             }
@@ -158,13 +133,13 @@ mod tests {
 
     #[test]
     fn copies_under_way_are_bounded_and_counted_back() {
-        let before = IN_FLIGHT.load(Relaxed);
-        let held: Vec<Slot> = std::iter::from_fn(Slot::take)
+        let before = IN_FLIGHT.available_permits();
+        let held: Vec<_> = std::iter::from_fn(|| IN_FLIGHT.try_acquire().ok())
             .take(MAX_IN_FLIGHT + 1)
             .collect();
-        assert_eq!(held.len(), MAX_IN_FLIGHT - before);
-        assert!(Slot::take().is_none());
+        assert_eq!(held.len(), before);
+        assert!(IN_FLIGHT.try_acquire().is_err());
         drop(held);
-        assert_eq!(IN_FLIGHT.load(Relaxed), before);
+        assert_eq!(IN_FLIGHT.available_permits(), before);
     }
 }

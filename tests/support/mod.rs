@@ -302,6 +302,30 @@ pub fn metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Polls `/metrics` every 20 ms for up to `within` until the samples of
+/// `name` with the `want` labels (see [`metric`]) sum to `value`; panics
+/// with the exposition if they never do, else returns it.
+pub async fn wait_metric(
+    p: &sluice::server::Running,
+    name: &str,
+    want: &[(&str, &str)],
+    value: f64,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let m = admin_text(p, "/metrics").await;
+        if metric(&m, name, want) == value {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} {want:?} never reached {value}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts sluice in-process from a config file it watches every 50 ms.
 pub async fn start_proxy_file(path: &Path) -> sluice::server::Running {
     let cfg = sluice::config::load(path).expect("test config is valid");
