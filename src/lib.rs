@@ -5,7 +5,8 @@
 //! request's outcome is measured inline ([`stats`]). The binary in
 //! `src/main.rs` is a thin shell over [`server::start`].
 
-// One exception, `memory::trim`: a call into the allocator (mimalloc).
+// One exception, `memory`: the global allocator and `trim`, calls into
+// mimalloc.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -11,10 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// times (hyper's 8 KiB read buffer among them, beyond glibc's per-thread
 /// cache): with glibc the allocator was 9 % of an HTTP/1.1 request's
 /// instructions and 12 % of an HTTP/2 one's, with mimalloc 7 % and 4 %.
-/// See `sluice::memory` for how memory freed by parked connections goes
-/// back to the system.
+/// `sluice::memory::Allocator` says why it is not the `mimalloc` crate's,
+/// and `sluice::memory` how memory freed by parked connections goes back
+/// to the system.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice::memory::Allocator = sluice::memory::Allocator;
 
 #[derive(Parser)]
 #[command(
