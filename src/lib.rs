@@ -5,8 +5,9 @@
 //! request's outcome is measured inline ([`stats`]). The binary in
 //! `src/main.rs` is a thin shell over [`server::start`].
 
-// One exception, `memory`: the global allocator and `trim`, calls into
-// mimalloc.
+// Two exceptions: `memory` (the global allocator and `trim`, calls into
+// mimalloc) and `proxy::http1::client_closed` (a peek at a socket hyper
+// owns).
 #![deny(unsafe_code)]
 
 pub mod admin;

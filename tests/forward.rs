@@ -754,3 +754,72 @@ async fn a_body_left_unread_is_never_read_as_the_next_request() {
     );
     p.shutdown().await;
 }
+
+/// A backend that takes one connection and reads one request head from it,
+/// then does what the test says; every step bounded.
+async fn accept_one_request(listener: &tokio::net::TcpListener) -> TcpStream {
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("the proxy connects to the backend")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the request head arrives")
+            .unwrap();
+        assert!(n > 0, "the proxy closed before sending the whole head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_request_ends_the_backend_exchange() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = start_proxy(&one(
+        "held",
+        format!("http://{}", listener.local_addr().unwrap()),
+    ))
+    .await;
+
+    // A client that stays: its slow request is not cut by the looks that
+    // check for clients gone (one every 250 ms), and gets its answer.
+    let mut stays = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    stays
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut backend = accept_one_request(&listener).await;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(700), backend.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the proxy gave up a request whose client is still there: {early:?}"
+    );
+    backend
+        .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 4\r\n\r\nlate")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stays).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("late"), "{answer}");
+
+    // (The backend closed that connection, so the next request opens one.)
+    // A client that leaves while the backend works: the backend sees its
+    // connection closed soon after, as with nginx, not at the route timeout.
+    let mut leaves = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    leaves
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut backend = accept_one_request(&listener).await;
+    drop(leaves);
+    let closed = tokio::time::timeout(Duration::from_secs(3), backend.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the backend exchange outlived its client: {closed:?}"
+    );
+    p.shutdown().await;
+}

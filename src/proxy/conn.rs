@@ -185,6 +185,7 @@ impl ConnState {
             header_read,
             idle,
             park,
+            probe_client: _,
         } = *limits;
         // A parking connection also looks every `park`: the request in
         // flight now may end long before the next header-read check.
@@ -229,6 +230,10 @@ pub struct Timeouts {
     /// After this long with nothing in flight, an HTTP/1.1 connection is
     /// parked: its HTTP state and buffers are dropped, only the socket kept.
     pub park: Option<Duration>,
+    /// Whether a look that finds a request in flight resolves with
+    /// [`Expired::Probe`], for a connection whose server does not watch the
+    /// socket while it waits for the response.
+    pub probe_client: bool,
 }
 
 /// An HTTP/1.1 request body still being read.
@@ -267,6 +272,9 @@ pub enum Expired {
     Park,
     /// The proxy is shutting down: finish the exchange in flight, then close.
     Drain,
+    /// A request is in flight: see whether the client is still there. Not
+    /// an end by itself; the watchdog is armed for its next look.
+    Probe,
 }
 
 /// Resolves when the connection has expired. Sleeps until the earliest
@@ -327,12 +335,18 @@ impl std::future::Future for Watchdog<'_> {
             match this.state.check(now, &this.limits) {
                 Ok(why) => return Poll::Ready(why),
                 Err(due) => {
+                    // A look the timer woke, not the first one.
+                    let fired = this.armed;
                     let wait = Duration::from_millis(due.saturating_sub(now).max(1));
                     this.sleep
                         .as_mut()
                         .reset(tokio::time::Instant::now() + wait);
                     this.armed = true;
-                    if this.sleep.as_mut().poll(cx).is_pending() {
+                    let pending = this.sleep.as_mut().poll(cx).is_pending();
+                    if fired && this.limits.probe_client && this.state.in_flight.load(Relaxed) > 0 {
+                        return Poll::Ready(Expired::Probe);
+                    }
+                    if pending {
                         return Poll::Pending;
                     }
                 }
@@ -455,9 +469,11 @@ mod tests {
         header_read: Duration::from_millis(100),
         idle: Duration::from_millis(1000),
         park: None,
+        probe_client: false,
     };
     const PARKING: Timeouts = Timeouts {
         park: Some(Duration::from_millis(250)),
+        probe_client: false,
         ..T
     };
 
@@ -566,6 +582,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_busy_connection_is_probed_at_each_look_but_the_first() {
+        let s = ConnState::new();
+        let _busy = s.request_started(false);
+        let limits = Timeouts {
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            park: Some(Duration::from_millis(50)),
+            probe_client: true,
+        };
+        let mut dog = Watchdog::new(&s, limits);
+        for look in ["second", "third"] {
+            let started = std::time::Instant::now();
+            let why = tokio::time::timeout(Duration::from_secs(2), &mut dog).await;
+            assert_eq!(why, Ok(Expired::Probe), "{look} look");
+            // Not the first look, and re-armed after each probe, not
+            // resolving again at once.
+            assert!(
+                started.elapsed() >= Duration::from_millis(40),
+                "{look} look after {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn the_watchdog_sees_a_drain_at_its_next_look() {
         let s = ConnState::new();
         let _busy = s.request_started(false);
@@ -574,6 +615,7 @@ mod tests {
             header_read: Duration::from_secs(30),
             idle: Duration::from_secs(60),
             park: Some(Duration::from_millis(50)),
+            probe_client: false,
         };
         let mut dog = Watchdog::new(&s, limits).draining(&rx);
         let quiet = tokio::time::timeout(Duration::from_millis(200), &mut dog).await;

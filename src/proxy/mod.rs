@@ -236,6 +236,7 @@ async fn serve_connection<I>(
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
         park: None,
+        probe_client: false,
     };
     loop {
         tokio::select! {
@@ -255,6 +256,9 @@ async fn serve_connection<I>(
                         tracing::debug!(%peer, "client did not send its request headers in time");
                         return;
                     }
+                    // Not asked for: hyper's HTTP/2 and TLS connections
+                    // watch the socket themselves.
+                    Expired::Probe => {}
                     Expired::Idle | Expired::Park | Expired::Drain => {
                         closing = Some(Box::pin(tokio::time::sleep(grace)));
                         conn.as_mut().graceful_shutdown();
