@@ -66,7 +66,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    conn: h1::Conn,
+    conn: Box<h1::Conn>,
     /// When it went idle, on the coarse clock (a system call per request
     /// saved; the idle timeout is seconds long).
     since_ms: u64,
@@ -203,7 +203,7 @@ impl Pool {
     }
 
     /// An idle connection that is still fresh and open, if any.
-    fn checkout(&self) -> Option<h1::Conn> {
+    fn checkout(&self) -> Option<Box<h1::Conn>> {
         while let Some(idle) = self.idle().pop() {
             let idle_ms = crate::clock::coarse_ms().saturating_sub(idle.since_ms);
             if idle_ms < self.idle_timeout_ms && idle.conn.is_usable() {
@@ -214,7 +214,7 @@ impl Pool {
     }
 
     /// Keeps a connection whose exchange has completed for the next one.
-    fn put_back(&self, conn: h1::Conn) {
+    fn put_back(&self, conn: Box<h1::Conn>) {
         // Counted per worker: a count shared by the workers would bounce
         // its cache line between cores on every request.
         let idle = self.idle();
@@ -227,7 +227,7 @@ impl Pool {
         });
     }
 
-    async fn connect(&self) -> Result<h1::Conn, UpstreamError> {
+    async fn connect(&self) -> Result<Box<h1::Conn>, UpstreamError> {
         let (_, stream) = self.connect_stream().await?;
         Ok(h1::Conn::new(stream))
     }
