@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc rather than glibc's malloc: a request allocates about nine
-/// times (hyper's 8 KiB read buffer among them, beyond glibc's per-thread
-/// cache): with glibc the allocator was 9 % of an HTTP/1.1 request's
-/// instructions and 12 % of an HTTP/2 one's, with mimalloc 7 % and 4 %.
+/// mimalloc rather than glibc's malloc: a request allocates several times,
+/// and over TLS hyper's 8 KiB read buffer among them, beyond glibc's
+/// per-thread cache: with glibc the allocator was 9 % of an HTTP/1.1
+/// request's instructions and 12 % of an HTTP/2 one's, with mimalloc 7 %
+/// and 4 %.
 /// `sluice::memory::Allocator` says why it is not the `mimalloc` crate's,
 /// and `sluice::memory` how memory freed by parked connections goes back
 /// to the system.

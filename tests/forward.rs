@@ -755,8 +755,22 @@ async fn a_body_left_unread_is_never_read_as_the_next_request() {
     p.shutdown().await;
 }
 
-/// A backend that takes one connection and reads one request head from it,
-/// then does what the test says; every step bounded.
+/// A client connection that has sent `GET /slow` through the proxy, and
+/// the backend's side of the exchange once the request head has arrived
+/// there, for the test to answer or hold; every step bounded.
+async fn held_request(
+    p: &sluice::server::Running,
+    listener: &tokio::net::TcpListener,
+) -> (TcpStream, TcpStream) {
+    let mut client = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    (client, accept_one_request(listener).await)
+}
+
+/// A backend that takes one connection and reads one request head from it.
 async fn accept_one_request(listener: &tokio::net::TcpListener) -> TcpStream {
     let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
         .await
@@ -786,12 +800,7 @@ async fn a_client_that_goes_away_mid_request_ends_the_backend_exchange() {
 
     // A client that stays: its slow request is not cut by the looks that
     // check for clients gone (one every 250 ms), and gets its answer.
-    let mut stays = TcpStream::connect(p.proxy_addr()).await.unwrap();
-    stays
-        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut backend = accept_one_request(&listener).await;
+    let (mut stays, mut backend) = held_request(&p, &listener).await;
     let mut byte = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_millis(700), backend.read(&mut byte)).await;
     assert!(
@@ -809,12 +818,7 @@ async fn a_client_that_goes_away_mid_request_ends_the_backend_exchange() {
     // (The backend closed that connection, so the next request opens one.)
     // A client that leaves while the backend works: the backend sees its
     // connection closed soon after, as with nginx, not at the route timeout.
-    let mut leaves = TcpStream::connect(p.proxy_addr()).await.unwrap();
-    leaves
-        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut backend = accept_one_request(&listener).await;
+    let (leaves, mut backend) = held_request(&p, &listener).await;
     drop(leaves);
     let closed = tokio::time::timeout(Duration::from_secs(3), backend.read(&mut byte)).await;
     assert!(

@@ -10,6 +10,11 @@
 //! the client speaks again; then a fresh hyper connection starts on the
 //! bytes read ahead. A busy connection is never parked, so the request path
 //! does not pay for this.
+//!
+//! While a request is in flight hyper is told not to read (`half_close`):
+//! its read would take a fresh buffer every request. The watchdog instead
+//! peeks at the socket at each look (`client_closed`) and drops the
+//! exchange when the client has gone.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
