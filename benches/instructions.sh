@@ -7,21 +7,31 @@
 # connections); counting starts after a warm-up of 2 000 requests. H2=1
 # counts HTTP/2 from the client instead (16 connections x 10 streams);
 # MINIMAL=1 runs sluice minimal (one backend, no sticky key), so the two
-# counts give the cost of the inline work.
+# counts give the cost of the inline work. PEER=nginx counts nginx instead
+# (one worker, no master process, upstream keepalive, no access log: the
+# configuration of benches/load.sh), under the same load and backend: the
+# user-space half of the comparison that load.sh's CPU figures blur with
+# the kernel's.
 #
 #   benches/instructions.sh                 # N=20000, BIN=target/release/sluice
 #   H2=1 benches/instructions.sh
 #   MINIMAL=1 benches/instructions.sh
 #   BIN=/path/to/other/sluice benches/instructions.sh
+#   PEER=nginx H2=1 benches/instructions.sh
 #   CACHE=1 benches/instructions.sh         # also simulate the caches (slower)
 #
 # Keeps the profile (callgrind_annotate it to see where the instructions go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
-N=${N:-20000}; H2=${H2:-0}; MINIMAL=${MINIMAL:-0}; PORT=18480; BPORT=19400; APORT=19904
+N=${N:-20000}; H2=${H2:-0}; MINIMAL=${MINIMAL:-0}; PEER=${PEER:-}; PORT=18480; BPORT=19400; APORT=19904
 OUT=${OUT:-target/bench-instructions/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 need valgrind valgrind; need h2load nghttp2-client; need taskset util-linux
+case $PEER in
+  "") ;;
+  nginx) need nginx nginx ;;
+  *) echo "PEER names no known peer: '$PEER' (nginx is the one)" >&2; exit 2 ;;
+esac
 cargo build -q --release --bin sluice --example bench_backend
 BIN=${BIN:-target/release/sluice}
 if [ "$MINIMAL" = 1 ]; then
@@ -38,9 +48,23 @@ fi
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
 wait_port "$BPORT"
 cachesim=(); [ "${CACHE:-0}" = 1 ] && cachesim=(--cache-sim=yes)
+if [ "$PEER" = nginx ]; then
+  # One process, so callgrind sees the worker itself. HTTP/2 needs its own
+  # listener: nginx 1.22 has no prior-knowledge h2c on an HTTP/1.1 one.
+  h2=""; [ "$H2" = 1 ] && h2=" http2"
+  nginx_config "$OUT" "$BPORT" "listen 127.0.0.1:$PORT$h2;" "master_process off; " >"$OUT/nginx.conf"
+  BIN=nginx
+  target=(nginx -p "$OUT/" -c "$OUT/nginx.conf")
+else
+  target=("$BIN" run --config "$OUT/sluice.yaml" --watch-interval 0s)
+fi
 taskset -c 0 valgrind --tool=callgrind "${cachesim[@]}" --callgrind-out-file="$OUT/callgrind.out" \
-  "$BIN" run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & VG=$!; PIDS+=("$VG")
-wait_port "$PORT"
+  "${target[@]}" >"$OUT/target.log" 2>&1 & VG=$!; PIDS+=("$VG")
+if [ "$PEER" = nginx ] && [ "$H2" = 1 ]; then
+  for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 --http2-prior-knowledge "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+else
+  wait_port "$PORT"
+fi
 proto=(--h1); [ "$H2" = 1 ] && proto=(-m 10)
 taskset -c 1 h2load "${proto[@]}" -n 2000 -c 16 "http://127.0.0.1:$PORT/" >/dev/null
 callgrind_control -z "$VG" >/dev/null

@@ -33,3 +33,22 @@ routes:
 $(sluice_route "$3")
 YAML
 }
+
+# nginx_config DIR BACKEND_PORT LISTEN [MAIN]: the nginx every benchmark
+# measures, configured for its best: upstream keepalive, no access log.
+# LISTEN holds the listen directives; MAIN more main-context ones.
+nginx_config() {
+  cat <<CONF
+worker_processes 1; ${4:-}daemon off; pid $1/nginx.pid; error_log $1/nginx.err warn; worker_rlimit_nofile 20000;
+events { worker_connections 8192; }
+http {
+  access_log off; keepalive_requests 1000000; keepalive_timeout 60s;
+  client_body_temp_path $1/nginx-body; proxy_temp_path $1/nginx-proxy;
+  upstream backend { server 127.0.0.1:$2; keepalive 512; keepalive_requests 1000000; keepalive_timeout 60s; }
+  server {
+    $3
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+}

@@ -47,19 +47,7 @@ routes:
   - name: bench
     backends: [{ name: only, url: "http://127.0.0.1:$BPORT" }]
 YAML
-cat >"$OUT/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err warn; worker_rlimit_nofile 20000;
-events { worker_connections 8192; }
-http {
-  access_log off; keepalive_requests 1000000; keepalive_timeout 60s;
-  client_body_temp_path $OUT/nginx-body; proxy_temp_path $OUT/nginx-proxy;
-  upstream backend { server 127.0.0.1:$BPORT; keepalive 512; keepalive_requests 1000000; keepalive_timeout 60s; }
-  server {
-    listen 127.0.0.1:$PORT reuseport; listen 127.0.0.1:$H2PORT http2 reuseport;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+nginx_config "$OUT" "$BPORT" "listen 127.0.0.1:$PORT reuseport; listen 127.0.0.1:$H2PORT http2 reuseport;" >"$OUT/nginx.conf"
 cat >"$OUT/haproxy.cfg" <<CONF
 global
     nbthread 1
