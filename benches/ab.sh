@@ -24,7 +24,7 @@ cargo build -q --release --bin sluice --example bench_backend
 SUT_CPUS=0; LOAD_CPUS=1
 [ "$MODE" = both ] && { SUT_CPUS=0-1; LOAD_CPUS=0-1; }
 taskset -c "$LOAD_CPUS" target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 sluice_config "$PORT_A" 19981 "$BPORT" >"$OUT/a.yaml"
 sluice_config "$PORT_B" 19982 "$BPORT" >"$OUT/b.yaml"
 taskset -c "$SUT_CPUS" "$A" --log-format json run --config "$OUT/a.yaml" --watch-interval 0s >"$OUT/a.log" 2>&1 & PIDS+=("$!")

@@ -46,7 +46,7 @@ else
   sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
 fi
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 cachesim=(); [ "${CACHE:-0}" = 1 ] && cachesim=(--cache-sim=yes)
 if [ "$PEER" = nginx ]; then
   # One process, so callgrind sees the worker itself. HTTP/2 needs its own

@@ -11,6 +11,16 @@ trap cleanup EXIT INT TERM
 # wait_port PORT: until something answers HTTP there (30 s at most).
 wait_port() { for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing answers on $1" >&2; return 1; }
 
+# wait_backend PORT LOG: until the backend just started (the last of PIDS)
+# answers on PORT; fails, naming LOG, when it exited instead (a port left
+# taken by an earlier run would otherwise answer in its place).
+wait_backend() {
+  local pid=${PIDS[-1]}
+  wait_port "$1"
+  sleep 0.2
+  kill -0 "$pid" 2>/dev/null || { echo "the backend did not start (port $1 taken?): see $2" >&2; exit 1; }
+}
+
 # sluice_route BACKEND_PORT: the benchmarked route, with sluice's normal
 # features on: two weighted backends and a sticky header.
 sluice_route() {

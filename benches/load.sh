@@ -81,7 +81,7 @@ LUA
 ticks() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo "$t"; }
 
 taskset -c 1 "$BACKEND" "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & BPID=$!; PIDS+=("$BPID")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 
 start() {  # start TARGET [CPUS]: sets SUT (the pid charged for CPU) and HP (the port)
   HP=$PORT

@@ -41,7 +41,7 @@ http {
 }
 CONF
 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 for n in $COUNTS; do for mode in request silent; do for t in $TARGETS; do
   case $t in
     sluice) "$BIN" --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >>"$OUT/sluice.log" 2>&1 & ;;

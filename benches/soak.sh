@@ -17,7 +17,7 @@ need wrk wrk; need taskset util-linux
 cargo build -q --release --bin sluice --example bench_backend
 sluice_config "$PORT" "$APORT" "$BPORT" >"$OUT/sluice.yaml"
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 taskset -c 0 target/release/sluice --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & SUT=$!; PIDS+=("$SUT")
 wait_port "$PORT"
 taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/" >"$OUT/wrk.txt" & WRK=$!; PIDS+=("$WRK")

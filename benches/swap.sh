@@ -36,7 +36,7 @@ done = function(s, lat, req)
 end
 LUA
 taskset -c 1 target/release/examples/bench_backend "127.0.0.1:$BPORT" >"$OUT/backend.log" 2>&1 & PIDS+=("$!")
-wait_port "$BPORT"
+wait_backend "$BPORT" "$OUT/backend.log"
 taskset -c 0 target/release/sluice --log-format json run --config "$OUT/sluice.yaml" --watch-interval 0s >"$OUT/sluice.log" 2>&1 & PIDS+=("$!")
 wait_port "$PORT"
 
