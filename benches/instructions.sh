@@ -29,7 +29,11 @@ OUT=${OUT:-target/bench-instructions/$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"; O
 need valgrind valgrind; need h2load nghttp2-client; need taskset util-linux
 case $PEER in
   "") ;;
-  nginx) need nginx nginx ;;
+  nginx)
+    # The peer is measured as configured for the load benchmark, not as
+    # sluice minimal or another binary: refused rather than ignored.
+    [ "$MINIMAL" = 1 ] || [ -n "${BIN:-}" ] && { echo "PEER=nginx counts nginx; MINIMAL and BIN are sluice's" >&2; exit 2; }
+    need nginx nginx ;;
   *) echo "PEER names no known peer: '$PEER' (nginx is the one)" >&2; exit 2 ;;
 esac
 cargo build -q --release --bin sluice --example bench_backend
@@ -60,11 +64,8 @@ else
 fi
 taskset -c 0 valgrind --tool=callgrind "${cachesim[@]}" --callgrind-out-file="$OUT/callgrind.out" \
   "${target[@]}" >"$OUT/target.log" 2>&1 & VG=$!; PIDS+=("$VG")
-if [ "$PEER" = nginx ] && [ "$H2" = 1 ]; then
-  for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 --http2-prior-knowledge "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
-else
-  wait_port "$PORT"
-fi
+prior=(); [ "$PEER" = nginx ] && [ "$H2" = 1 ] && prior=(--http2-prior-knowledge)
+wait_port "$PORT" "${prior[@]}"
 proto=(--h1); [ "$H2" = 1 ] && proto=(-m 10)
 taskset -c 1 h2load "${proto[@]}" -n 2000 -c 16 "http://127.0.0.1:$PORT/" >/dev/null
 callgrind_control -z "$VG" >/dev/null

@@ -8,8 +8,13 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-# wait_port PORT: until something answers HTTP there (30 s at most).
-wait_port() { for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing answers on $1" >&2; return 1; }
+# wait_port PORT [CURL_ARGS...]: until something answers HTTP there (30 s
+# at most); CURL_ARGS for a listener that speaks only h2c, say.
+wait_port() {
+  local port=$1; shift
+  for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "$@" "http://127.0.0.1:$port/" && return 0; sleep 0.1; done
+  echo "nothing answers on $port" >&2; return 1
+}
 
 # wait_backend PORT LOG: until the backend just started (the last of PIDS)
 # answers on PORT; fails, naming LOG, when it exited instead (a port left
