@@ -155,6 +155,21 @@ fn check(path: &std::path::Path) -> ExitCode {
                     .map(|b| format!("{} {:.1}%", b.name, b.weight as f64 * 100.0 / total as f64))
                     .collect();
                 println!("  route {}: {}", r.name, split.join(", "));
+                for b in &r.backends {
+                    if let Some(tls) = &b.target.tls {
+                        let roots = match tls.ca.len() {
+                            0 => "the built-in public roots".to_string(),
+                            1 => "the certificate of tls.ca".to_string(),
+                            n => format!("the {n} certificates of tls.ca"),
+                        };
+                        println!(
+                            "    {}: TLS to {}, its certificate checked for {} against {roots}",
+                            b.name,
+                            b.target.authority,
+                            tls.server_name.to_str()
+                        );
+                    }
+                }
                 if let Some(m) = &r.mirror {
                     println!(
                         "    mirror: {} % of requests copied to {}, answers discarded",

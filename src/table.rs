@@ -187,6 +187,10 @@ impl Registry {
 
     /// Builds the table for `config`, reusing pools and windows of backends
     /// that stay, and forgetting those that leave.
+    // A pool key holds an `https://` backend's rustls client configuration,
+    // which mutates inside (its session cache); the key hashes and compares
+    // by the name and roots it was built from only, so it is stable.
+    #[allow(clippy::mutable_key_type)]
     pub fn compile(&mut self, config: Arc<Config>, version: u64) -> Table {
         let mut pools = HashMap::new();
         let mut stats = HashMap::new();
@@ -238,6 +242,8 @@ impl Registry {
         }
     }
 
+    // As in `compile`: a pool key hashes by what is stable in it.
+    #[allow(clippy::mutable_key_type)]
     fn compile_route(
         &self,
         r: &RouteConfig,

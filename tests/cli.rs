@@ -102,6 +102,10 @@ fn check_accepts_every_example_config() {
                     stdout.contains("mirror: 10 % of requests copied to rewrite"),
                     "{stdout}"
                 );
+                assert!(
+                    stdout.contains("canary: TLS to 10.0.3.7:8443, its certificate checked for billing.internal.example.com against the built-in public roots"),
+                    "{stdout}"
+                );
             }
             checked += 1;
         }

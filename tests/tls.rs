@@ -1,8 +1,10 @@
-//! TLS listeners: rustls termination with ALPN h2 and http/1.1.
+//! TLS: listeners (rustls termination with ALPN h2 and http/1.1), and
+//! `https://` backends, whose certificates sluice checks.
 
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -141,4 +143,262 @@ fn unreadable_or_mismatched_tls_files_are_config_problems() {
             "{cert}/{key}: {err}"
         );
     }
+}
+
+/// A private CA and a backend certificate it issued for `names`, in PEM:
+/// (CA certificate, backend certificate, backend key).
+fn issued(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A directory holding `ca.pem`, a private CA, and the certificate and key
+/// (PEM) it issued for localhost.
+fn private_ca() -> (tempfile::TempDir, String, String) {
+    let (ca, cert, key) = issued(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    (dir, cert, key)
+}
+
+/// A config with one route to `url`, the backend's `tls` section as given.
+fn https_route(url: &str, tls: &str) -> String {
+    format!(
+        "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nadmin: {{ addr: \"127.0.0.1:0\" }}\nroutes:\n  - name: api\n    backends:\n      - {{ name: b, url: \"{url}\"{tls} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_is_reached_over_tls_its_certificate_checked_and_its_connections_reused() {
+    let (dir, cert, key) = private_ca();
+    let b = Backend::start_tls("secure", &cert, &key).await;
+    // The certificate names localhost; the URL gives the address.
+    let yaml = https_route(&b.url(), ", tls: { ca: ca.pem, server_name: localhost }");
+    // One worker: each keeps idle connections of its own.
+    let doc = sluice::config::parse_document(&yaml, sluice::config::Syntax::Yaml).unwrap();
+    let cfg = sluice::config::validate(doc, dir.path()).unwrap();
+    let options = sluice::server::Options {
+        base_dir: Some(dir.path().to_path_buf()),
+        workers: Some(1),
+        ..Default::default()
+    };
+    let p = sluice::server::start(cfg, options).await.unwrap();
+    let c = client();
+    let url = format!("http://{}/", p.proxy_addr());
+    for _ in 0..20 {
+        let (status, body) = get(&c, &url, &[]).await;
+        assert_eq!((status.as_u16(), who(&body)), (200, "secure"));
+    }
+    // A body larger than the TLS layer buffers goes through to its end.
+    let (status, _, body) = send(&c, "POST", &url, &[], vec![b'x'; 256 * 1024]).await;
+    assert_eq!((status.as_u16(), who(&body)), (200, "secure"));
+    assert_eq!(
+        b.state
+            .body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        256 * 1024
+    );
+    // A weight change validates the route again, its relative `tls.ca`
+    // included, and keeps the pool and its connection.
+    let (status, _, body) = send(
+        &c,
+        "PUT",
+        &format!("http://{}/routes/api/weights", p.admin_addr),
+        &[],
+        r#"{"b": 7}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&c, &url, &[]).await;
+    assert_eq!((status.as_u16(), who(&body)), (200, "secure"));
+    // Sequential requests share one connection: an idle TLS connection
+    // stays usable in the pool (a TLS 1.3 session ticket waiting on it
+    // is no sign of a close).
+    assert_eq!(
+        b.state.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one TLS connection for every request"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_with_an_untrusted_or_misnamed_certificate_gets_no_request() {
+    let (dir, cert, key) = private_ca();
+    let b = Backend::start_tls("secure", &cert, &key).await;
+    for tls in [
+        // The built-in public roots do not know the private CA.
+        ", tls: { server_name: localhost }".to_string(),
+        // Trusted issuer, but the certificate is not for this name.
+        ", tls: { ca: ca.pem, server_name: other.test }".to_string(),
+        // Nor for the address the URL gives.
+        ", tls: { ca: ca.pem }".to_string(),
+    ] {
+        let p = start_proxy_in(&https_route(&b.url(), &tls), dir.path()).await;
+        let (status, body) = get(&client(), &format!("http://{}/", p.proxy_addr()), &[]).await;
+        assert_eq!(status.as_u16(), 502, "{tls}: {body}");
+        p.shutdown().await;
+    }
+    assert_eq!(
+        b.state.seen(),
+        0,
+        "no request crossed an unchecked connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_checks_reach_an_https_canary_over_tls() {
+    let (dir, cert, key) = private_ca();
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start_tls("canary", &cert, &key).await;
+    // The check expects a body the canary does not send: the rollback's
+    // reason then shows the check got an answer over TLS, not a failed
+    // handshake.
+    let plan = "interval: 20ms\nwindow: 2s\nmin_requests: 20\nstages: [{ weight: 10, bake: 1h }]\nsmoke:\n  - { name: checkout works, path: /checkout, expect_status: 200, expect_body_contains: order-id }\n";
+    let yaml = rollout_yaml(&stable, &canary, plan, "").replace(
+        &format!("url: \"{}\", weight: 0 }}", canary.url()),
+        &format!(
+            "url: \"{}\", weight: 0, tls: {{ ca: ca.pem, server_name: localhost }} }}",
+            canary.url()
+        ),
+    );
+    assert!(yaml.contains("server_name: localhost"), "{yaml}");
+    let p = start_proxy_in(&yaml, dir.path()).await;
+    let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(10)).await;
+    let why = r["last_rollback"].as_str().unwrap();
+    assert!(
+        why.contains("smoke check \"checkout works\"") && why.contains("body does not contain"),
+        "{r:#}"
+    );
+    assert!(canary.state.seen() >= 1, "the check reached the canary");
+    p.shutdown().await;
+}
+
+#[test]
+fn backend_tls_problems_are_named_by_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let check = |backend: &str| {
+        let yaml = format!(
+            "listeners: [{{ addr: \"127.0.0.1:0\" }}]\nroutes:\n  - name: a\n    backends:\n      - {backend}\n"
+        );
+        let d = sluice::config::parse_document(&yaml, sluice::config::Syntax::Yaml)
+            .map_err(|e| e.to_string())?;
+        sluice::config::validate(d, dir.path())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for (backend, want) in [
+        (
+            "{ name: b, url: \"http://127.0.0.1:1\", tls: { ca: ca.pem } }",
+            "routes[0].backends[0].tls: applies to https:// backends only",
+        ),
+        (
+            "{ name: b, url: \"https://127.0.0.1:1\", protocol: h2c }",
+            "routes[0].backends[0].protocol: h2c is cleartext HTTP/2",
+        ),
+        (
+            "{ name: b, url: \"https://127.0.0.1:1\", tls: { ca: missing.pem } }",
+            "routes[0].backends[0].tls.ca: cannot read",
+        ),
+        (
+            "{ name: b, url: \"https://127.0.0.1:1\", tls: { ca: empty.pem } }",
+            "holds no PEM certificate",
+        ),
+        (
+            "{ name: b, url: \"https://127.0.0.1:1\", tls: { server_name: \"not a name\" } }",
+            "routes[0].backends[0].tls.server_name: \"not a name\" is not a DNS name or an IP address",
+        ),
+        (
+            "{ name: b, url: \"ftp://127.0.0.1:1\" }",
+            "must start with http:// or https://",
+        ),
+        (
+            "{ name: b, url: \"https://127.0.0.1:1\", tls: { ca: ca.pem, verify: false } }",
+            "routes[0].backends[0].tls.verify: unknown field `verify`",
+        ),
+    ] {
+        let err = check(backend).unwrap_err();
+        assert!(err.contains(want), "{backend}: {err}");
+    }
+    // The public roots by default, port 443 by default.
+    check("{ name: b, url: \"https://api.example.com\" }").unwrap();
+    let d = sluice::config::parse_document(
+        "listeners: [{ addr: \"127.0.0.1:0\" }]\nroutes:\n  - { name: a, backends: [{ name: b, url: \"https://api.example.com\" }] }\n",
+        sluice::config::Syntax::Yaml,
+    )
+    .unwrap();
+    let cfg = sluice::config::validate(d, dir.path()).unwrap();
+    let target = &cfg.routes[0].backends[0].target;
+    assert_eq!(target.authority.as_str(), "api.example.com:443");
+    assert_eq!(
+        target.tls.as_ref().unwrap().server_name.to_str(),
+        "api.example.com"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_the_backend_closed_is_not_used_again() {
+    let (dir, cert, key) = private_ca();
+    // A TLS backend that closes a connection (close_notify, then FIN) when
+    // no request head starts on it within 100 ms.
+    let acceptor = tls_acceptor(&cert, &key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"short-lived\n"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(100))
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://{addr}");
+    let yaml = https_route(&url, ", tls: { ca: ca.pem, server_name: localhost }");
+    let p = start_proxy_in(&yaml, dir.path()).await;
+    let c = client();
+    let proxy = format!("http://{}/", p.proxy_addr());
+    // POST: were a closed connection taken from the pool, the request
+    // could not go again on a new one (it is not idempotent) and would get
+    // 502; it must be left behind at checkout.
+    for _ in 0..3 {
+        let (status, _, body) = send(&c, "POST", &proxy, &[], "order").await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "short-lived\n"));
+        // Long enough for the backend to close the idle connection.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "a new connection after each close"
+    );
+    server.abort();
+    p.shutdown().await;
 }

@@ -116,6 +116,22 @@ pub struct Backend {
     /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge, for gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// For `https://` backends: whom to trust and which name to check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// A PEM file of the certificates to trust instead of the built-in
+    /// public roots (a private CA, a self-signed backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The name the backend's certificate must carry; the URL's host if
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn default_weight() -> u64 {

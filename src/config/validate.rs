@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::raw::{self, Document};
 use super::{
-    duration, AdminConfig, BackendConfig, Config, Forwarded, HostMatch, Limits, ListenerConfig,
-    Problem, Problems, Protocol, RouteConfig, StickyKey, TlsFiles, Upstream,
+    duration, AdminConfig, BackendConfig, BackendTls, Config, Forwarded, HostMatch, Limits,
+    ListenerConfig, Problem, Problems, Protocol, RouteConfig, StickyKey, TlsFiles, Upstream,
 };
 
 /// The most backends one route may split between.
@@ -109,7 +109,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
                 ),
             ));
         }
-        if let Some(route) = route(r, &path, &mut p) {
+        if let Some(route) = route(r, &path, base_dir, &mut p) {
             routes.push(Arc::new(route));
         }
     }
@@ -142,9 +142,13 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
 
 /// Validates one route of a document again, after a change that touched
 /// only it (weights): the rest of the document is as valid as it was.
-pub fn revalidate_route(r: &raw::Route, index: usize) -> Result<RouteConfig, Problems> {
+pub fn revalidate_route(
+    r: &raw::Route,
+    index: usize,
+    base_dir: &Path,
+) -> Result<RouteConfig, Problems> {
     let mut p = Vec::new();
-    match route(r, &format!("routes[{index}]"), &mut p) {
+    match route(r, &format!("routes[{index}]"), base_dir, &mut p) {
         Some(route) if p.is_empty() => Ok(route),
         _ => Err(Problems(p)),
     }
@@ -347,7 +351,7 @@ fn header_name(text: &str, path: &str, p: &mut Vec<Problem>) -> Option<HeaderNam
     }
 }
 
-fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig> {
+fn route(r: &raw::Route, path: &str, base_dir: &Path, p: &mut Vec<Problem>) -> Option<RouteConfig> {
     let before = p.len();
     if !valid_route_name(&r.name) {
         p.push(Problem::new(
@@ -383,7 +387,7 @@ fn route(r: &raw::Route, path: &str, p: &mut Vec<Problem>) -> Option<RouteConfig
         }
     }
 
-    let backends = backends(&r.backends, path, p);
+    let backends = backends(&r.backends, path, base_dir, p);
     let index_of = |name: &str| r.backends.iter().position(|b| b.name == name);
     let known = || {
         r.backends
@@ -540,7 +544,12 @@ fn host_match(text: &str, path: &str, p: &mut Vec<Problem>) -> Option<HostMatch>
     })
 }
 
-fn backends(list: &[raw::Backend], route_path: &str, p: &mut Vec<Problem>) -> Vec<BackendConfig> {
+fn backends(
+    list: &[raw::Backend],
+    route_path: &str,
+    base_dir: &Path,
+    p: &mut Vec<Problem>,
+) -> Vec<BackendConfig> {
     if list.is_empty() || list.len() > MAX_BACKENDS {
         p.push(Problem::new(
             format!("{route_path}.backends"),
@@ -591,13 +600,37 @@ fn backends(list: &[raw::Backend], route_path: &str, p: &mut Vec<Problem>) -> Ve
                 None
             }
         };
-        let authority = upstream_authority(&b.url, &format!("{path}.url"), p);
-        if let (Some(authority), Some(protocol)) = (authority, protocol) {
+        let Some((authority, https)) = upstream_authority(&b.url, &format!("{path}.url"), p) else {
+            continue;
+        };
+        if https && protocol == Some(Protocol::H2c) {
+            p.push(Problem::new(
+                format!("{path}.protocol"),
+                "h2c is cleartext HTTP/2; an https:// backend is spoken to in HTTP/1.1 over TLS (protocol: http1)",
+            ));
+            continue;
+        }
+        let tls = match (https, &b.tls) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                p.push(Problem::new(
+                    format!("{path}.tls"),
+                    "applies to https:// backends only",
+                ));
+                continue;
+            }
+            (true, t) => match backend_tls(t.as_ref(), &authority, &path, base_dir, p) {
+                Some(t) => Some(t),
+                None => continue,
+            },
+        };
+        if let Some(protocol) = protocol {
             out.push(BackendConfig {
                 name: Arc::from(b.name.as_str()),
                 target: Upstream {
                     authority,
                     protocol,
+                    tls,
                 },
                 weight: b.weight.min(MAX_WEIGHT) as u32,
             });
@@ -612,7 +645,13 @@ fn backends(list: &[raw::Backend], route_path: &str, p: &mut Vec<Problem>) -> Ve
     out
 }
 
-fn upstream_authority(url: &str, path: &str, p: &mut Vec<Problem>) -> Option<http::uri::Authority> {
+/// The backend's `host:port` (the scheme's default port made explicit, so
+/// pools key on `host:port` alike) and whether it is an `https://` one.
+fn upstream_authority(
+    url: &str,
+    path: &str,
+    p: &mut Vec<Problem>,
+) -> Option<(http::uri::Authority, bool)> {
     let uri: http::Uri = match url.parse() {
         Ok(u) => u,
         Err(e) => {
@@ -620,23 +659,17 @@ fn upstream_authority(url: &str, path: &str, p: &mut Vec<Problem>) -> Option<htt
             return None;
         }
     };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            p.push(Problem::new(
-                path,
-                format!("\"{url}\": https backends are not supported yet; use http://"),
-            ));
-            return None;
-        }
+    let (https, default_port) = match uri.scheme_str() {
+        Some("http") => (false, 80),
+        Some("https") => (true, 443),
         _ => {
             p.push(Problem::new(
                 path,
-                format!("\"{url}\" must start with http://"),
+                format!("\"{url}\" must start with http:// or https://"),
             ));
             return None;
         }
-    }
+    };
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         p.push(Problem::new(
             path,
@@ -653,8 +686,51 @@ fn upstream_authority(url: &str, path: &str, p: &mut Vec<Problem>) -> Option<htt
         return None;
     }
     if authority.port_u16().is_none() {
-        // Make the port explicit so pools key on host:port alike.
-        return format!("{}:80", authority.host()).parse().ok();
+        let explicit = format!("{}:{default_port}", authority.host())
+            .parse()
+            .ok()?;
+        return Some((explicit, https));
     }
-    Some(authority)
+    Some((authority, https))
+}
+
+/// The TLS of an `https://` backend: its trust roots read from `tls.ca`
+/// (else the built-in public ones) and the name its certificate must carry
+/// (`tls.server_name`, else the URL's host).
+fn backend_tls(
+    t: Option<&raw::BackendTls>,
+    authority: &http::uri::Authority,
+    path: &str,
+    base_dir: &Path,
+    p: &mut Vec<Problem>,
+) -> Option<BackendTls> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = t.and_then(|t| t.server_name.as_deref()).unwrap_or(host);
+    let server_name = match rustls_pki_types::ServerName::try_from(name) {
+        Ok(n) => Some(n.to_owned()),
+        Err(_) => {
+            p.push(Problem::new(
+                format!("{path}.tls.server_name"),
+                format!("\"{name}\" is not a DNS name or an IP address"),
+            ));
+            None
+        }
+    };
+    let ca = match t.and_then(|t| t.ca.as_deref()) {
+        None => Some(Vec::new()),
+        Some(file) => crate::proxy::tls::read_certificates(&resolve(base_dir, file))
+            .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
+            .ok(),
+    }?;
+    let client = crate::upstream::tls::client_config(&ca)
+        .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
+        .ok()?;
+    Some(BackendTls {
+        server_name: server_name?,
+        ca: ca.into(),
+        client,
+    })
 }

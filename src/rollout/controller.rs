@@ -362,7 +362,7 @@ impl Rollouts {
         let smoke = if plan.smoke.is_empty() || !full {
             Vec::new()
         } else {
-            smoke::run(&self.client, &canary.pool.origin, &plan.smoke).await
+            smoke::run(&self.client, &canary.pool, &plan.smoke).await
         };
         let prom = if full {
             let values = self.prometheus_values(plan).await;

@@ -10,35 +10,32 @@ use hyper_util::client::legacy::Client;
 
 use super::state::SmokeResult;
 use crate::config::plan::SmokeCheck;
+use crate::upstream::Pool;
 
 pub type SmokeClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Bodies longer than this are not read further for `expect_body_contains`.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// Runs every check against the canary at `authority`, one after another.
-pub async fn run(
-    client: &SmokeClient,
-    authority: &http::uri::Authority,
-    checks: &[SmokeCheck],
-) -> Vec<SmokeResult> {
+/// Runs every check against the canary (its pool says where it is and
+/// how to reach it), one after another.
+pub async fn run(client: &SmokeClient, canary: &Pool, checks: &[SmokeCheck]) -> Vec<SmokeResult> {
     let mut out = Vec::with_capacity(checks.len());
     for check in checks {
-        out.push(run_one(client, authority, check).await);
+        out.push(run_one(client, canary, check).await);
     }
     out
 }
 
-async fn run_one(
-    client: &SmokeClient,
-    authority: &http::uri::Authority,
-    check: &SmokeCheck,
-) -> SmokeResult {
+async fn run_one(client: &SmokeClient, canary: &Pool, check: &SmokeCheck) -> SmokeResult {
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        check.expect_latency_below,
-        exchange(client, authority, check),
-    )
+    let result = tokio::time::timeout(check.expect_latency_below, async {
+        if canary.is_tls() {
+            exchange_tls(canary, check).await
+        } else {
+            exchange(client, &canary.origin, check).await
+        }
+    })
     .await;
     let latency = started.elapsed();
     let (ok, detail) = match result {
@@ -75,26 +72,73 @@ async fn run_one(
     }
 }
 
+/// The check's request; `uri` is the whole URL for the pooled client, the
+/// path alone on a connection of its own (with `host` set instead).
+fn request(
+    check: &SmokeCheck,
+    uri: String,
+    host: Option<&http::uri::Authority>,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let mut req = http::Request::builder()
+        .method(check.method.clone())
+        .uri(uri);
+    if let Some(host) = host {
+        req = req.header(http::header::HOST, host.as_str());
+    }
+    for (k, v) in &check.headers {
+        req = req.header(k, v);
+    }
+    req.header("user-agent", "sluice-smoke")
+        .body(Full::new(Bytes::from(check.body.clone())))
+        .map_err(|e| e.to_string())
+}
+
 async fn exchange(
     client: &SmokeClient,
     authority: &http::uri::Authority,
     check: &SmokeCheck,
 ) -> Result<(u16, String), String> {
-    let uri = format!("http://{authority}{}", check.path);
-    let mut req = http::Request::builder()
-        .method(check.method.clone())
-        .uri(uri);
-    for (k, v) in &check.headers {
-        req = req.header(k, v);
-    }
-    let req = req
-        .header("user-agent", "sluice-smoke")
-        .body(Full::new(Bytes::from(check.body.clone())))
-        .map_err(|e| e.to_string())?;
+    let req = request(check, format!("http://{authority}{}", check.path), None)?;
     let resp = client
         .request(req)
         .await
         .map_err(|e| format!("request failed: {e}"))?;
+    read(resp).await
+}
+
+/// An `https://` canary: a connection of its own, opened (and its
+/// certificate checked) the way the canary's pool opens them, so the check
+/// trusts exactly what the traffic does.
+async fn exchange_tls(canary: &Pool, check: &SmokeCheck) -> Result<(u16, String), String> {
+    let stream = canary
+        .open()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+    // Driven beside the request, and dropped with it (on the check's
+    // timeout too): nothing outlives the check.
+    let driver = async move {
+        let _ = conn.await;
+        std::future::pending::<()>().await
+    };
+    let req = request(check, check.path.to_string(), Some(&canary.origin))?;
+    let exchange = async {
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        read(resp).await
+    };
+    tokio::select! {
+        result = exchange => result,
+        _ = driver => unreachable!("the driver never ends on its own"),
+    }
+}
+
+async fn read(resp: http::Response<hyper::body::Incoming>) -> Result<(u16, String), String> {
     let status = resp.status().as_u16();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
         .collect()

@@ -22,9 +22,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::chunked::Decoder;
+use super::tls::Stream;
 use super::Pool;
 use crate::body::{BoxError, RequestBody};
 use crate::proxy::headers::ForwardedFields;
@@ -44,7 +44,7 @@ const MAX_HEADERS: usize = 128;
 /// cheaper to move and to queue than the 96 bytes inline (boxed, an
 /// HTTP/1.1 request went from 16 032 instructions to 15 554, counted).
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet consumed; empty between exchanges.
     buf: BytesMut,
     /// Where each request head is encoded, kept from one exchange to the
@@ -63,7 +63,7 @@ pub struct Failed {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Box<Self> {
+    pub fn new(io: Stream) -> Box<Self> {
         Box::new(Conn {
             io,
             buf: BytesMut::new(),
@@ -71,21 +71,10 @@ impl Conn {
         })
     }
 
-    /// Whether a connection that sat idle is still usable: nothing may have
-    /// arrived on it, not even the backend's close. Asks the reactor first,
-    /// so a quiet socket costs no system call.
-    pub fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                // Readiness can be left over from the last read; only the
-                // socket knows.
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// Whether a connection that sat idle is still usable: see
+    /// [`Stream::is_usable`].
+    pub fn is_usable(&mut self) -> bool {
+        self.io.is_usable()
     }
 
     /// Sends the request and reads the response head; the response body
@@ -160,6 +149,8 @@ impl Conn {
             *written += ready!(Pin::new(&mut self.io).poll_write(cx, &head[*written..]))
                 .and_then(nonzero)?;
         }
+        // Over TLS the last of the head may still be in the TLS layer.
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         if let Some(u) = upload.as_mut().filter(|u| !u.done) {
             if let Poll::Ready(Err(e)) = u.poll_send(&mut self.io, cx) {
                 return Poll::Ready(Err(e));
@@ -472,11 +463,7 @@ impl Upload {
     }
 
     /// Writes what the client has sent so far; ready when all of it is out.
-    fn poll_send(
-        &mut self,
-        io: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BoxError>> {
+    fn poll_send(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             for part in &mut self.out {
                 while !part.is_empty() {
@@ -484,6 +471,8 @@ impl Upload {
                     part.advance(n);
                 }
             }
+            // Out of the TLS layer too before waiting for more of the body.
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
             // Done only once the last chunk is out too: a final write that
             // waits must be retried, not forgotten.
             if self.eof {

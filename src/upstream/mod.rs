@@ -8,8 +8,9 @@
 //! to its end. hyper-util's general-purpose client boxes futures, locks a
 //! keyed pool, races checkout against connect and spawns a task per
 //! streaming response; none of that is needed when the pool already belongs
-//! to one backend. h2c backends get one multiplexed connection per worker
-//! ([`h2`]).
+//! to one backend. `https://` backends get the same client side over TLS
+//! ([`tls`]), pooled the same way. h2c backends get one multiplexed
+//! connection per worker ([`h2`]).
 //!
 //! Each worker keeps its own idle connections: a socket is registered with
 //! the reactor of the worker that opened it, and used from another worker
@@ -19,6 +20,7 @@
 mod chunked;
 pub mod h1;
 mod h2;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use hyper::body::Incoming;
 use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::config::{Protocol, Upstream};
 use crate::proxy::headers::ForwardedFields;
+use tls::Stream;
 
 /// Idle connections kept per backend, shared out evenly among the workers
 /// (nginx's `keepalive` in the benchmark peers is 512 too); more are closed
@@ -52,6 +55,12 @@ pub struct Pool {
     /// `host:port`, as it goes into request URIs.
     pub origin: http::uri::Authority,
     pub protocol: Protocol,
+    /// For an `https://` backend: the connector and the name its
+    /// certificate is checked against.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     connect_timeout: Duration,
     /// How long a connection may stay idle, on the coarse clock.
     idle_timeout_ms: u64,
@@ -143,6 +152,12 @@ impl Pool {
         Pool {
             origin: key.upstream.authority.clone(),
             protocol: key.upstream.protocol,
+            tls: key.upstream.tls.as_ref().map(|t| {
+                (
+                    tokio_rustls::TlsConnector::from(t.client.clone()),
+                    t.server_name.clone(),
+                )
+            }),
             connect_timeout: key.connect_timeout,
             idle_timeout_ms: key.idle_timeout.as_millis() as u64,
             idle_per_worker: MAX_IDLE.div_ceil(workers),
@@ -206,8 +221,9 @@ impl Pool {
     fn checkout(&self) -> Option<Box<h1::Conn>> {
         while let Some(idle) = self.idle().pop() {
             let idle_ms = crate::clock::coarse_ms().saturating_sub(idle.since_ms);
-            if idle_ms < self.idle_timeout_ms && idle.conn.is_usable() {
-                return Some(idle.conn);
+            let mut conn = idle.conn;
+            if idle_ms < self.idle_timeout_ms && conn.is_usable() {
+                return Some(conn);
             }
         }
         None
@@ -228,8 +244,40 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Box<h1::Conn>, UpstreamError> {
+        Ok(h1::Conn::new(self.open().await?))
+    }
+
+    /// Whether this backend is spoken to over TLS (an `https://` one).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A new connection to the backend, TLS set up when it is an
+    /// `https://` one, outside the pool (smoke checks use it).
+    pub async fn open(&self) -> Result<Stream, UpstreamError> {
         let (_, stream) = self.connect_stream().await?;
-        Ok(h1::Conn::new(stream))
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Stream::Plain(stream));
+        };
+        // The handshake gets a connect timeout of its own: a backend that
+        // accepts and then says nothing is as unreachable as one that
+        // does not accept.
+        match tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(name.clone(), stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(UpstreamError::new(
+                Failure::Broken,
+                std::io::Error::new(e.kind(), format!("TLS handshake with the backend: {e}")),
+            )),
+            Err(_) => Err(UpstreamError::new(
+                Failure::Timeout,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"),
+            )),
+        }
     }
 
     /// A new TCP connection to the backend, within the connect timeout.
@@ -291,6 +339,7 @@ mod tests {
         crate::worker::reserve(2);
         let pool = Arc::new(Pool::new(&PoolKey {
             upstream: Upstream {
+                tls: None,
                 authority: addr.to_string().parse().unwrap(),
                 protocol: Protocol::Http1,
             },

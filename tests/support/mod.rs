@@ -21,11 +21,31 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// A TLS server side with this certificate chain and key (PEM).
+pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 /// A hyper backend that answers with its name and counts what it saw.
 pub struct Backend {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub state: Arc<BackendState>,
+    /// Whether it speaks only TLS (an `https://` backend).
+    tls: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -77,15 +97,40 @@ impl BackendState {
 
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
-        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), false).await
+        Self::start_on(
+            name,
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            false,
+            None,
+        )
+        .await
     }
 
     /// An h2c-only backend (HTTP/2 with prior knowledge).
     pub async fn start_h2c(name: &'static str) -> Backend {
-        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), true).await
+        Self::start_on(
+            name,
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            true,
+            None,
+        )
+        .await
     }
 
-    async fn start_on(name: &'static str, listener: TcpListener, h2_only: bool) -> Backend {
+    /// A backend that speaks HTTP/1.1 over TLS only, with this certificate
+    /// chain and key (PEM).
+    pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, listener, false, Some(tls_acceptor(cert_pem, key_pem))).await
+    }
+
+    async fn start_on(
+        name: &'static str,
+        listener: TcpListener,
+        h2_only: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Backend {
+        let is_tls = tls.is_some();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState::default());
         let st = state.clone();
@@ -96,6 +141,7 @@ impl Backend {
                 };
                 st.accepted.fetch_add(1, Relaxed);
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let st = st.clone();
@@ -105,7 +151,18 @@ impl Backend {
                     if h2_only {
                         b = b.http2_only();
                     }
-                    let _ = b.serve_connection(TokioIo::new(stream), service).await;
+                    match tls {
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            // A client that does not trust the certificate
+                            // ends here, before any request.
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = b.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -113,12 +170,14 @@ impl Backend {
             name,
             addr,
             state,
+            tls: is_tls,
             task,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 

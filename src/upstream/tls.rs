@@ -1,0 +1,121 @@
+//! TLS to `https://` backends: the client configuration validation builds,
+//! and the stream a backend connection reads and writes, plain or TLS.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A client configuration that trusts `ca`, or the built-in public roots
+/// (Mozilla's, compiled in: a container image without a system store
+/// still checks public certificates) when `ca` is empty. Offers HTTP/1.1
+/// by ALPN, the only protocol sluice speaks over TLS to a backend.
+pub fn client_config(ca: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    if ca.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        for (i, cert) in ca.iter().enumerate() {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("certificate {} is not a usable trust root: {e}", i + 1))?;
+        }
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A backend connection's transport.
+pub enum Stream {
+    Plain(TcpStream),
+    // Boxed: the TLS state is large, and most backends are plain.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Whether a connection that sat idle is still usable: nothing may have
+    /// arrived on it, not even the backend's close. Asks the reactor first,
+    /// so a quiet socket costs no system call.
+    pub fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self {
+            Stream::Plain(io) => match io.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    // Readiness can be left over from the last read; only
+                    // the socket knows.
+                    let mut probe = [0u8; 1];
+                    matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // Records may have come that carry no data (a TLS 1.3 session
+            // ticket): read through TLS, without waiting. Usable only if
+            // that finds nothing to hand on and no close.
+            Stream::Tls(io) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(&mut **io)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+        }
+    }
+
+    /// A no-op when plain; over TLS it sends what the TLS layer still holds
+    /// of what was written.
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        }
+    }
+}
