@@ -162,8 +162,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                             1 => "the certificate of tls.ca".to_string(),
                             n => format!("the {n} certificates of tls.ca"),
                         };
+                        let identity = if tls.identity.is_empty() {
+                            ""
+                        } else {
+                            ", presenting the client certificate of tls.cert"
+                        };
                         println!(
-                            "    {}: TLS to {}, its certificate checked for {} against {roots}",
+                            "    {}: TLS to {}, its certificate checked for {} against {roots}{identity}",
                             b.name,
                             b.target.authority,
                             tls.server_name.to_str()

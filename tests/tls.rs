@@ -183,7 +183,7 @@ fn https_route(url: &str, tls: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_backend_is_reached_over_tls_its_certificate_checked_and_its_connections_reused() {
     let (dir, cert, key) = private_ca();
-    let b = Backend::start_tls("secure", &cert, &key).await;
+    let b = Backend::start_tls("secure", tls_acceptor(&cert, &key, None)).await;
     // The certificate names localhost; the URL gives the address.
     let yaml = https_route(&b.url(), ", tls: { ca: ca.pem, server_name: localhost }");
     // One worker: each keeps idle connections of its own.
@@ -237,7 +237,7 @@ async fn an_https_backend_is_reached_over_tls_its_certificate_checked_and_its_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_backend_with_an_untrusted_or_misnamed_certificate_gets_no_request() {
     let (dir, cert, key) = private_ca();
-    let b = Backend::start_tls("secure", &cert, &key).await;
+    let b = Backend::start_tls("secure", tls_acceptor(&cert, &key, None)).await;
     for tls in [
         // The built-in public roots do not know the private CA.
         ", tls: { server_name: localhost }".to_string(),
@@ -262,7 +262,7 @@ async fn an_https_backend_with_an_untrusted_or_misnamed_certificate_gets_no_requ
 async fn smoke_checks_reach_an_https_canary_over_tls() {
     let (dir, cert, key) = private_ca();
     let stable = Backend::start("stable").await;
-    let canary = Backend::start_tls("canary", &cert, &key).await;
+    let canary = Backend::start_tls("canary", tls_acceptor(&cert, &key, None)).await;
     // The check expects a body the canary does not send: the rollback's
     // reason then shows the check got an answer over TLS, not a failed
     // handshake.
@@ -354,7 +354,7 @@ async fn an_idle_tls_connection_the_backend_closed_is_not_used_again() {
     let (dir, cert, key) = private_ca();
     // A TLS backend that closes a connection (close_notify, then FIN) when
     // no request head starts on it within 100 ms.
-    let acceptor = tls_acceptor(&cert, &key);
+    let acceptor = tls_acceptor(&cert, &key, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -401,4 +401,62 @@ async fn an_idle_tls_connection_the_backend_closed_is_not_used_again() {
     );
     server.abort();
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let (dir, cert, key) = private_ca();
+    // sluice's identity, from a CA of the backend's own.
+    let (client_ca, client_cert, client_key) = issued(&["sluice.test"]);
+    std::fs::write(dir.path().join("client.crt"), &client_cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), &client_key).unwrap();
+    let b = Backend::start_tls("mutual", tls_acceptor(&cert, &key, Some(&client_ca))).await;
+    let with = ", tls: { ca: ca.pem, server_name: localhost, cert: client.crt, key: client.key }";
+    let p = start_proxy_in(&https_route(&b.url(), with), dir.path()).await;
+    let (status, body) = get(&client(), &format!("http://{}/", p.proxy_addr()), &[]).await;
+    assert_eq!((status.as_u16(), who(&body)), (200, "mutual"));
+    p.shutdown().await;
+    // Without one, the backend refuses the connection: 502, no request.
+    let without = ", tls: { ca: ca.pem, server_name: localhost }";
+    let p = start_proxy_in(&https_route(&b.url(), without), dir.path()).await;
+    let (status, body) = get(&client(), &format!("http://{}/", p.proxy_addr()), &[]).await;
+    assert_eq!(status.as_u16(), 502, "{body}");
+    assert_eq!(b.state.seen(), 1);
+    p.shutdown().await;
+}
+
+#[test]
+fn a_client_certificate_needs_its_own_key() {
+    let (dir, cert, key) = private_ca();
+    let (_, other_cert, _) = issued(&["other.test"]);
+    std::fs::write(dir.path().join("client.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), &key).unwrap();
+    std::fs::write(dir.path().join("other.crt"), &other_cert).unwrap();
+    let problem = |tls: &str| {
+        let d = sluice::config::parse_document(
+            &https_route("https://127.0.0.1:1", tls),
+            sluice::config::Syntax::Yaml,
+        )
+        .unwrap();
+        sluice::config::validate(d, dir.path())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = problem(", tls: { cert: client.crt }");
+    assert!(
+        err.contains("routes[0].backends[0].tls: cert and key go together"),
+        "{err}"
+    );
+    let err = problem(", tls: { cert: other.crt, key: client.key }");
+    assert!(
+        err.contains(
+            "routes[0].backends[0].tls.key: the client certificate and its key do not fit"
+        ),
+        "{err}"
+    );
+    let err = problem(", tls: { cert: client.crt, key: missing.key }");
+    assert!(
+        err.contains("routes[0].backends[0].tls.key: cannot read private key"),
+        "{err}"
+    );
 }

@@ -298,12 +298,17 @@ pub struct BackendTls {
     pub server_name: rustls_pki_types::ServerName<'static>,
     /// The certificates of `tls.ca`; empty for the built-in public roots.
     pub ca: Arc<[rustls_pki_types::CertificateDer<'static>]>,
+    /// The certificate chain of `tls.cert`, presented when the backend asks
+    /// (its key checked to fit); empty when sluice has none to present.
+    pub identity: Arc<[rustls_pki_types::CertificateDer<'static>]>,
     pub client: Arc<rustls::ClientConfig>,
 }
 
 impl PartialEq for BackendTls {
     fn eq(&self, other: &Self) -> bool {
-        self.server_name == other.server_name && self.ca == other.ca
+        self.server_name == other.server_name
+            && self.ca == other.ca
+            && self.identity == other.identity
     }
 }
 
@@ -313,6 +318,7 @@ impl std::hash::Hash for BackendTls {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.server_name.hash(state);
         self.ca.hash(state);
+        self.identity.hash(state);
     }
 }
 
@@ -321,6 +327,7 @@ impl fmt::Debug for BackendTls {
         f.debug_struct("BackendTls")
             .field("server_name", &self.server_name.to_str())
             .field("ca_certificates", &self.ca.len())
+            .field("client_certificates", &self.identity.len())
             .finish()
     }
 }

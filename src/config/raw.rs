@@ -132,6 +132,13 @@ pub struct BackendTls {
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// A PEM certificate chain sluice presents when the backend asks for
+    /// one (mutual TLS), with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 fn default_weight() -> u64 {

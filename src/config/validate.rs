@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use rustls_pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
 use super::raw::{self, Document};
@@ -725,12 +726,38 @@ fn backend_tls(
             .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
             .ok(),
     }?;
-    let client = crate::upstream::tls::client_config(&ca)
-        .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
+    let identity = match t.map(|t| (t.cert.as_deref(), t.key.as_deref())) {
+        None | Some((None, None)) => None,
+        Some((Some(cert), Some(key))) => {
+            let chain = crate::proxy::tls::read_certificates(&resolve(base_dir, cert))
+                .map_err(|e| p.push(Problem::new(format!("{path}.tls.cert"), e)));
+            let key_file = resolve(base_dir, key);
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key_file).map_err(|e| {
+                p.push(Problem::new(
+                    format!("{path}.tls.key"),
+                    format!("cannot read private key {}: {e}", key_file.display()),
+                ))
+            });
+            Some((chain.ok()?, key.ok()?))
+        }
+        Some(_) => {
+            p.push(Problem::new(
+                format!("{path}.tls"),
+                "cert and key go together: a client certificate needs its key",
+            ));
+            return None;
+        }
+    };
+    let chain: Arc<[_]> = identity
+        .as_ref()
+        .map_or_else(|| Arc::from([]), |(c, _)| c.as_slice().into());
+    let client = crate::upstream::tls::client_config(&ca, identity)
+        .map_err(|(field, e)| p.push(Problem::new(format!("{path}.tls.{field}"), e)))
         .ok()?;
     Some(BackendTls {
         server_name: server_name?,
         ca: ca.into(),
+        identity: chain,
         client,
     })
 }

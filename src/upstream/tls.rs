@@ -7,32 +7,48 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// A client configuration that trusts `ca`, or the built-in public roots
 /// (Mozilla's, compiled in: a container image without a system store
-/// still checks public certificates) when `ca` is empty. Offers HTTP/1.1
-/// by ALPN, the only protocol sluice speaks over TLS to a backend.
-pub fn client_config(ca: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+/// still checks public certificates) when `ca` is empty, and presents
+/// `identity` (a certificate chain and its key) to a backend that asks
+/// for one. Offers HTTP/1.1 by ALPN, the only protocol sluice speaks over
+/// TLS to a backend. The error says which of `ca` and `key` is wrong.
+pub fn client_config(
+    ca: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, (&'static str, String)> {
     let mut roots = RootCertStore::empty();
     if ca.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     } else {
         for (i, cert) in ca.iter().enumerate() {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("certificate {} is not a usable trust root: {e}", i + 1))?;
+            roots.add(cert.clone()).map_err(|e| {
+                (
+                    "ca",
+                    format!("certificate {} is not a usable trust root: {e}", i + 1),
+                )
+            })?;
         }
     }
-    let mut config =
+    let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| ("ca", e.to_string()))?
+            .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            (
+                "key",
+                format!("the client certificate and its key do not fit: {e}"),
+            )
+        })?,
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

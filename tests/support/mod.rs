@@ -21,21 +21,41 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A TLS server side with this certificate chain and key (PEM).
-pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+/// A TLS server side with this certificate chain and key (PEM); with
+/// `client_ca` (PEM), it requires a client certificate that CA issued.
+pub fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let pem_certs = |pem: &str| {
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in pem_certs(ca) {
+                roots.add(c).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder.with_single_cert(pem_certs(cert_pem), key).unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
@@ -117,11 +137,10 @@ impl Backend {
         .await
     }
 
-    /// A backend that speaks HTTP/1.1 over TLS only, with this certificate
-    /// chain and key (PEM).
-    pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Backend {
+    /// A backend that speaks HTTP/1.1 over TLS only (see [`tls_acceptor`]).
+    pub async fn start_tls(name: &'static str, acceptor: tokio_rustls::TlsAcceptor) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(name, listener, false, Some(tls_acceptor(cert_pem, key_pem))).await
+        Self::start_on(name, listener, false, Some(acceptor)).await
     }
 
     async fn start_on(
