@@ -167,8 +167,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                         } else {
                             ", presenting the client certificate of tls.cert"
                         };
+                        let over = match b.target.protocol {
+                            sluice::config::Protocol::Http2 => "HTTP/2 over TLS",
+                            sluice::config::Protocol::Http1 => "TLS",
+                        };
                         println!(
-                            "    {}: TLS to {}, its certificate checked for {} against {roots}{identity}",
+                            "    {}: {over} to {}, its certificate checked for {} against {roots}{identity}",
                             b.name,
                             b.target.authority,
                             tls.server_name.to_str()

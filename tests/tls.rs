@@ -259,7 +259,7 @@ async fn an_https_backend_with_an_untrusted_or_misnamed_certificate_gets_no_requ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smoke_checks_reach_an_https_canary_over_tls() {
+async fn smoke_checks_reach_an_https_canary_over_tls_in_its_protocol() {
     let (dir, cert, key) = private_ca();
     let stable = Backend::start("stable").await;
     let canary = Backend::start_tls("canary", tls_acceptor(&cert, &key, None)).await;
@@ -267,23 +267,27 @@ async fn smoke_checks_reach_an_https_canary_over_tls() {
     // reason then shows the check got an answer over TLS, not a failed
     // handshake.
     let plan = "interval: 20ms\nwindow: 2s\nmin_requests: 20\nstages: [{ weight: 10, bake: 1h }]\nsmoke:\n  - { name: checkout works, path: /checkout, expect_status: 200, expect_body_contains: order-id }\n";
-    let yaml = rollout_yaml(&stable, &canary, plan, "").replace(
-        &format!("url: \"{}\", weight: 0 }}", canary.url()),
-        &format!(
-            "url: \"{}\", weight: 0, tls: {{ ca: ca.pem, server_name: localhost }} }}",
-            canary.url()
-        ),
-    );
-    assert!(yaml.contains("server_name: localhost"), "{yaml}");
-    let p = start_proxy_in(&yaml, dir.path()).await;
-    let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(10)).await;
-    let why = r["last_rollback"].as_str().unwrap();
-    assert!(
-        why.contains("smoke check \"checkout works\"") && why.contains("body does not contain"),
-        "{r:#}"
-    );
-    assert!(canary.state.seen() >= 1, "the check reached the canary");
-    p.shutdown().await;
+    for (protocol, version) in [("http1", "/checkout"), ("h2", "https://")] {
+        let yaml = rollout_yaml(&stable, &canary, plan, "").replace(
+            &format!("url: \"{}\", weight: 0 }}", canary.url()),
+            &format!(
+                "url: \"{}\", weight: 0, protocol: {protocol}, tls: {{ ca: ca.pem, server_name: localhost }} }}",
+                canary.url()
+            ),
+        );
+        assert!(yaml.contains("server_name: localhost"), "{yaml}");
+        let p = start_proxy_in(&yaml, dir.path()).await;
+        let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(10)).await;
+        let why = r["last_rollback"].as_str().unwrap();
+        assert!(
+            why.contains("smoke check \"checkout works\"") && why.contains("body does not contain"),
+            "{protocol}: {r:#}"
+        );
+        // Origin form over HTTP/1.1, scheme and authority over HTTP/2.
+        let target = canary.state.last_target.lock().unwrap().clone().unwrap();
+        assert!(target.starts_with(version), "{protocol}: {target}");
+        p.shutdown().await;
+    }
 }
 
 #[test]
@@ -307,7 +311,7 @@ fn backend_tls_problems_are_named_by_their_path() {
         ),
         (
             "{ name: b, url: \"https://127.0.0.1:1\", protocol: h2c }",
-            "routes[0].backends[0].protocol: h2c is cleartext HTTP/2",
+            "routes[0].backends[0].protocol: h2c is cleartext HTTP/2; for HTTP/2 over TLS to an https:// backend, say h2",
         ),
         (
             "{ name: b, url: \"https://127.0.0.1:1\", tls: { ca: missing.pem } }",
@@ -333,8 +337,11 @@ fn backend_tls_problems_are_named_by_their_path() {
         let err = check(backend).unwrap_err();
         assert!(err.contains(want), "{backend}: {err}");
     }
-    // The public roots by default, port 443 by default.
+    // The public roots by default, port 443 by default; h2 over TLS, or
+    // with prior knowledge on a plain backend.
     check("{ name: b, url: \"https://api.example.com\" }").unwrap();
+    check("{ name: b, url: \"https://api.example.com\", protocol: h2 }").unwrap();
+    check("{ name: b, url: \"http://127.0.0.1:1\", protocol: h2 }").unwrap();
     let d = sluice::config::parse_document(
         "listeners: [{ addr: \"127.0.0.1:0\" }]\nroutes:\n  - { name: a, backends: [{ name: b, url: \"https://api.example.com\" }] }\n",
         sluice::config::Syntax::Yaml,
@@ -459,4 +466,38 @@ fn a_client_certificate_needs_its_own_key() {
         err.contains("routes[0].backends[0].tls.key: cannot read private key"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_speaks_http2_when_it_agrees_to_it_by_alpn() {
+    let (dir, cert, key) = private_ca();
+    let b = Backend::start_tls("grpc", tls_acceptor(&cert, &key, None)).await;
+    let tls = ", protocol: h2, tls: { ca: ca.pem, server_name: localhost }";
+    let p = start_proxy_in(&https_route(&b.url(), tls), dir.path()).await;
+    let url = format!("http://{}/svc/Method", p.proxy_addr());
+    for c in [client(), h2_client()] {
+        let (status, body) = get(&c, &url, &[]).await;
+        assert_eq!((status.as_u16(), who(&body)), (200, "grpc"));
+        // HTTP/2 carries scheme and authority: the request arrived as
+        // HTTP/2 over TLS, not in HTTP/1.1's origin form.
+        let target = b.state.last_target.lock().unwrap().clone().unwrap();
+        assert_eq!(target, format!("https://{}/svc/Method", p.proxy_addr()));
+    }
+    let opened = b.state.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections: one multiplexed connection per worker"
+    );
+    p.shutdown().await;
+    // A backend that offers only HTTP/1.1 by ALPN gets no HTTP/2 preface.
+    let h1 = Backend::start_tls(
+        "h1",
+        tls_acceptor_offering(&cert, &key, None, &[b"http/1.1"]),
+    )
+    .await;
+    let p = start_proxy_in(&https_route(&h1.url(), tls), dir.path()).await;
+    let (status, body) = get(&client(), &format!("http://{}/", p.proxy_addr()), &[]).await;
+    assert_eq!(status.as_u16(), 502, "{body}");
+    assert_eq!(h1.state.seen(), 0);
+    p.shutdown().await;
 }

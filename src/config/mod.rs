@@ -335,8 +335,9 @@ impl fmt::Debug for BackendTls {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http1,
-    /// HTTP/2 with prior knowledge (cleartext), as gRPC backends speak.
-    H2c,
+    /// HTTP/2, as gRPC backends speak: with prior knowledge on an `http://`
+    /// backend (`h2c`), agreed by ALPN on an `https://` one.
+    Http2,
 }
 
 impl Config {

@@ -113,7 +113,8 @@ pub struct Backend {
     pub url: String,
     #[serde(default = "default_weight")]
     pub weight: u64,
-    /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge, for gRPC).
+    /// `http1` (default), or `h2` / `h2c` for HTTP/2 (gRPC): with prior
+    /// knowledge to `http://`, by ALPN to `https://` (`h2` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// For `https://` backends: whom to trust and which name to check.

@@ -592,11 +592,11 @@ fn backends(
         total += b.weight.min(MAX_WEIGHT);
         let protocol = match b.protocol.as_deref() {
             None | Some("http1") => Some(Protocol::Http1),
-            Some("h2c") => Some(Protocol::H2c),
+            Some("h2" | "h2c") => Some(Protocol::Http2),
             Some(other) => {
                 p.push(Problem::new(
                     format!("{path}.protocol"),
-                    format!("\"{other}\" is not one of http1, h2c"),
+                    format!("\"{other}\" is not one of http1, h2, h2c"),
                 ));
                 None
             }
@@ -604,10 +604,10 @@ fn backends(
         let Some((authority, https)) = upstream_authority(&b.url, &format!("{path}.url"), p) else {
             continue;
         };
-        if https && protocol == Some(Protocol::H2c) {
+        if https && b.protocol.as_deref() == Some("h2c") {
             p.push(Problem::new(
                 format!("{path}.protocol"),
-                "h2c is cleartext HTTP/2; an https:// backend is spoken to in HTTP/1.1 over TLS (protocol: http1)",
+                "h2c is cleartext HTTP/2; for HTTP/2 over TLS to an https:// backend, say h2",
             ));
             continue;
         }
@@ -620,7 +620,7 @@ fn backends(
                 ));
                 continue;
             }
-            (true, t) => match backend_tls(t.as_ref(), &authority, &path, base_dir, p) {
+            (true, t) => match backend_tls(t.as_ref(), &authority, protocol, &path, base_dir, p) {
                 Some(t) => Some(t),
                 None => continue,
             },
@@ -701,6 +701,7 @@ fn upstream_authority(
 fn backend_tls(
     t: Option<&raw::BackendTls>,
     authority: &http::uri::Authority,
+    protocol: Option<Protocol>,
     path: &str,
     base_dir: &Path,
     p: &mut Vec<Problem>,
@@ -751,7 +752,11 @@ fn backend_tls(
     let chain: Arc<[_]> = identity
         .as_ref()
         .map_or_else(|| Arc::from([]), |(c, _)| c.as_slice().into());
-    let client = crate::upstream::tls::client_config(&ca, identity)
+    let alpn: &[u8] = match protocol {
+        Some(Protocol::Http2) => b"h2",
+        _ => b"http/1.1",
+    };
+    let client = crate::upstream::tls::client_config(&ca, identity, alpn)
         .map_err(|(field, e)| p.push(Problem::new(format!("{path}.tls.{field}"), e)))
         .ok()?;
     Some(BackendTls {

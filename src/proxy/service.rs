@@ -104,7 +104,7 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// The `:authority` an h2c backend gets: the one the client's request
+/// The `:authority` an HTTP/2 backend gets: the one the client's request
 /// target named (HTTP/2's `:authority`, an absolute-form target), else its
 /// `Host` field, as Envoy passes it on. The `Host` field goes in either
 /// case, since HTTP/2 carries the host in `:authority` and a backend may
@@ -139,13 +139,17 @@ fn upstream_target(
     backend: &crate::table::Backend,
     shadow: bool,
 ) -> Option<(Uri, Version)> {
-    if backend.pool.protocol == Protocol::H2c {
+    if backend.pool.protocol == Protocol::Http2 {
         let mut authority = h2_authority(authority, headers);
         if shadow {
             authority = authority.map(|a| mirror::shadowed(&a).unwrap_or(a));
         }
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(if backend.pool.is_tls() {
+                "https"
+            } else {
+                "http"
+            })
             .authority(authority.unwrap_or_else(|| backend.pool.origin.clone()))
             .path_and_query(pq)
             .build()

@@ -1,6 +1,8 @@
 //! Smoke checks: real requests sent straight to the canary (bypassing the
 //! split), to test that the release *works*, not only that it answers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,6 +12,7 @@ use hyper_util::client::legacy::Client;
 
 use super::state::SmokeResult;
 use crate::config::plan::SmokeCheck;
+use crate::config::Protocol;
 use crate::upstream::Pool;
 
 pub type SmokeClient = Client<HttpConnector, Full<Bytes>>;
@@ -30,8 +33,8 @@ pub async fn run(client: &SmokeClient, canary: &Pool, checks: &[SmokeCheck]) -> 
 async fn run_one(client: &SmokeClient, canary: &Pool, check: &SmokeCheck) -> SmokeResult {
     let started = Instant::now();
     let result = tokio::time::timeout(check.expect_latency_below, async {
-        if canary.is_tls() {
-            exchange_tls(canary, check).await
+        if canary.is_tls() || canary.protocol == Protocol::Http2 {
+            exchange_direct(canary, check).await
         } else {
             exchange(client, &canary.origin, check).await
         }
@@ -106,36 +109,64 @@ async fn exchange(
     read(resp).await
 }
 
-/// An `https://` canary: a connection of its own, opened (and its
-/// certificate checked) the way the canary's pool opens them, so the check
-/// trusts exactly what the traffic does.
-async fn exchange_tls(canary: &Pool, check: &SmokeCheck) -> Result<(u16, String), String> {
-    let stream = canary
-        .open()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-    // Driven beside the request, and dropped with it (on the check's
-    // timeout too): nothing outlives the check.
-    let driver = async move {
-        let _ = conn.await;
-        std::future::pending::<()>().await
-    };
-    let req = request(check, check.path.to_string(), Some(&canary.origin))?;
+/// An `https://` or HTTP/2 canary: a connection of its own, opened (and
+/// its certificate checked) the way the canary's pool opens them, in the
+/// protocol the pool speaks, so the check trusts and speaks exactly what
+/// the traffic does.
+async fn exchange_direct(canary: &Pool, check: &SmokeCheck) -> Result<(u16, String), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("request failed: {e}");
+    let io = hyper_util::rt::TokioIo::new(canary.open().await.map_err(|e| failed(&e))?);
+    // The connection is driven beside the request, and dropped with it (on
+    // the check's timeout too): nothing outlives the check.
+    let (send, driver): (_, Pin<Box<dyn Future<Output = ()> + Send>>) =
+        if canary.protocol == Protocol::Http2 {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| failed(&e))?;
+            let scheme = if canary.is_tls() { "https" } else { "http" };
+            let uri = format!("{scheme}://{}{}", canary.origin, check.path);
+            let mut req = request(check, uri, None)?;
+            *req.version_mut() = http::Version::HTTP_2;
+            (Sender::Http2(send, req), Box::pin(drive(conn)))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| failed(&e))?;
+            let req = request(check, check.path.to_string(), Some(&canary.origin))?;
+            (Sender::Http1(send, req), Box::pin(drive(conn)))
+        };
     let exchange = async {
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        let resp = match send {
+            Sender::Http1(mut s, req) => s.send_request(req).await,
+            Sender::Http2(mut s, req) => s.send_request(req).await,
+        }
+        .map_err(|e| failed(&e))?;
         read(resp).await
     };
     tokio::select! {
         result = exchange => result,
         _ = driver => unreachable!("the driver never ends on its own"),
     }
+}
+
+/// A check's request on a handshaken connection.
+enum Sender {
+    Http1(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        http::Request<Full<Bytes>>,
+    ),
+    Http2(
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        http::Request<Full<Bytes>>,
+    ),
+}
+
+/// Runs a connection, then waits forever: the request's side decides when
+/// the check is over.
+async fn drive<C: Future>(conn: C) {
+    let _ = conn.await;
+    std::future::pending::<()>().await
 }
 
 async fn read(resp: http::Response<hyper::body::Incoming>) -> Result<(u16, String), String> {

@@ -1,4 +1,5 @@
-//! h2c backends: each worker keeps one HTTP/2 connection per backend and
+//! HTTP/2 backends (h2c with prior knowledge, or h2 agreed by ALPN over
+//! TLS): each worker keeps one HTTP/2 connection per backend and
 //! multiplexes all its requests to that backend over it.
 //!
 //! hyper-util's general-purpose client keys its pool by the request's
@@ -86,7 +87,7 @@ impl Conns {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => {
-                        tracing::trace!(error = %e.error(), "h2c connection closed; sending again");
+                        tracing::trace!(error = %e.error(), "HTTP/2 backend connection closed; sending again");
                         // Only this connection: another request may have
                         // opened a new one meanwhile.
                         slot.live.compare_and_swap(&Some(live), None);
@@ -131,15 +132,15 @@ impl Conns {
             }
         }
         let connected = async {
-            let (addr, stream) = pool.connect_stream().await?;
+            let stream = pool.open().await?;
             let (send, conn) = self
                 .builder
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| UpstreamError::new(Failure::Broken, e))?;
-            Ok::<_, UpstreamError>((addr, send, conn))
+            Ok::<_, UpstreamError>((send, conn))
         };
-        let (addr, send, conn) = match connected.await {
+        let (send, conn) = match connected.await {
             Ok(c) => c,
             Err(e) => {
                 *opening = Some((tokio::time::Instant::now(), e.failure));
@@ -148,9 +149,10 @@ impl Conns {
         };
         *opening = None;
         // Driven on this worker, where its requests come from.
+        let origin = pool.origin.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "h2c backend connection ended");
+                tracing::debug!(backend = %origin, error = %e, "HTTP/2 backend connection ended");
             }
         });
         let live = Arc::new(Live {

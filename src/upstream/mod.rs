@@ -9,8 +9,8 @@
 //! keyed pool, races checkout against connect and spawns a task per
 //! streaming response; none of that is needed when the pool already belongs
 //! to one backend. `https://` backends get the same client side over TLS
-//! ([`tls`]), pooled the same way. h2c backends get one multiplexed
-//! connection per worker ([`h2`]).
+//! ([`tls`]), pooled the same way. HTTP/2 backends, plain or TLS, get one
+//! multiplexed connection per worker ([`h2`]).
 //!
 //! Each worker keeps its own idle connections: a socket is registered with
 //! the reactor of the worker that opened it, and used from another worker
@@ -147,7 +147,8 @@ impl UpstreamError {
 
 impl Pool {
     pub fn new(key: &PoolKey) -> Self {
-        let h2 = (key.upstream.protocol == Protocol::H2c).then(|| h2::Conns::new(key.idle_timeout));
+        let h2 =
+            (key.upstream.protocol == Protocol::Http2).then(|| h2::Conns::new(key.idle_timeout));
         let workers = crate::worker::count();
         Pool {
             origin: key.upstream.authority.clone(),
@@ -268,6 +269,17 @@ impl Pool {
         )
         .await
         {
+            // A backend that does not take HTTP/2 by ALPN would get its
+            // preface as garbage: refused here, with the reason.
+            Ok(Ok(tls))
+                if self.protocol == Protocol::Http2
+                    && tls.get_ref().1.alpn_protocol() != Some(b"h2") =>
+            {
+                Err(UpstreamError::new(
+                    Failure::Broken,
+                    std::io::Error::other("the backend did not agree to HTTP/2 by ALPN"),
+                ))
+            }
             Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
             Ok(Err(e)) => Err(UpstreamError::new(
                 Failure::Broken,

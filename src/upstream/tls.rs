@@ -16,11 +16,12 @@ use tokio_rustls::client::TlsStream;
 /// (Mozilla's, compiled in: a container image without a system store
 /// still checks public certificates) when `ca` is empty, and presents
 /// `identity` (a certificate chain and its key) to a backend that asks
-/// for one. Offers HTTP/1.1 by ALPN, the only protocol sluice speaks over
-/// TLS to a backend. The error says which of `ca` and `key` is wrong.
+/// for one. Offers `alpn` alone (`http/1.1` or `h2`): sluice speaks one
+/// protocol to a backend. The error says which of `ca` and `key` is wrong.
 pub fn client_config(
     ca: &[CertificateDer<'static>],
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, (&'static str, String)> {
     let mut roots = RootCertStore::empty();
     if ca.is_empty() {
@@ -49,7 +50,7 @@ pub fn client_config(
             )
         })?,
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

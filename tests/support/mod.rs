@@ -21,12 +21,23 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A TLS server side with this certificate chain and key (PEM); with
-/// `client_ca` (PEM), it requires a client certificate that CA issued.
+/// A TLS server side with this certificate chain and key (PEM), offering
+/// h2 and http/1.1 by ALPN; with `client_ca` (PEM), it requires a client
+/// certificate that CA issued.
 pub fn tls_acceptor(
     cert_pem: &str,
     key_pem: &str,
     client_ca: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_offering(cert_pem, key_pem, client_ca, &[b"h2", b"http/1.1"])
+}
+
+/// [`tls_acceptor`], offering `alpn` by ALPN.
+pub fn tls_acceptor_offering(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: Option<&str>,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     let pem_certs = |pem: &str| {
@@ -55,7 +66,8 @@ pub fn tls_acceptor(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let cfg = builder.with_single_cert(pem_certs(cert_pem), key).unwrap();
+    let mut cfg = builder.with_single_cert(pem_certs(cert_pem), key).unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
