@@ -186,6 +186,27 @@ async fn a_failing_smoke_check_rolls_back_even_when_traffic_looks_fine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_checks_speak_http2_to_an_h2c_canary() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start_h2c("canary").await;
+    // An h2c-only canary answers only HTTP/2: a body mismatch, not a failed
+    // request, shows the check spoke it.
+    let plan = format!("{FAST}stages: [{{ weight: 10, bake: 1h }}]\nsmoke:\n  - {{ name: checkout works, path: /checkout, expect_status: 200, expect_body_contains: order-id }}\n");
+    let yaml = rollout_yaml(&stable, &canary, &plan, "").replace(
+        &format!("url: \"{}\", weight: 0 }}", canary.url()),
+        &format!("url: \"{}\", weight: 0, protocol: h2c }}", canary.url()),
+    );
+    assert!(yaml.contains("protocol: h2c"), "{yaml}");
+    let p = start_proxy(&yaml).await;
+    let r = wait_state(&p, "api", "rolled_back", Duration::from_secs(10)).await;
+    let why = r["last_rollback"].as_str().unwrap();
+    assert!(why.contains("body does not contain"), "{r:#}");
+    let target = canary.state.last_target.lock().unwrap().clone().unwrap();
+    assert_eq!(target, format!("http://{}/checkout", canary.addr));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_three_times_slower_than_the_baseline_is_rolled_back() {
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
