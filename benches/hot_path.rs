@@ -145,6 +145,7 @@ fn table_swap(c: &mut Criterion) {
         ".".into(),
         Metrics::new(),
         Arc::new(Journal::open(None).unwrap()),
+        None,
         "bench",
     );
     let mut flip = 0u64;

@@ -134,6 +134,7 @@ impl ControlPlane {
         base_dir: PathBuf,
         metrics: Metrics,
         journal: Arc<Journal>,
+        access_log: Option<Arc<crate::access_log::AccessLog>>,
         actor: &str,
     ) -> Self {
         let state_dir = config.state_dir.clone();
@@ -144,6 +145,7 @@ impl ControlPlane {
             .unwrap_or_default();
         let version = history.back().map_or(1, |v| v.version + 1);
         let mut registry = Registry::new(metrics.clone());
+        registry.access_log = access_log;
         let document = config.document.clone();
         let table = registry.compile(Arc::new(config), version);
         history.push_back(Version {
@@ -387,6 +389,9 @@ impl ControlPlane {
                 if new.state_dir.is_none() {
                     new.state_dir = doc.state_dir;
                 }
+                if new.access_log.is_none() {
+                    new.access_log = doc.access_log;
+                }
                 Ok(new)
             }
             Change::Weights { route, weights } => {
@@ -483,6 +488,12 @@ impl ControlPlane {
         if new.state_dir != current.state_dir {
             problems.push(Problem::new(
                 "state_dir",
+                "cannot change while sluice runs; restart it to apply",
+            ));
+        }
+        if new.access_log != current.access_log {
+            problems.push(Problem::new(
+                "access_log",
                 "cannot change while sluice runs; restart it to apply",
             ));
         }

@@ -10,6 +10,7 @@
 // owns).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod clock;

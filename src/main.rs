@@ -147,6 +147,15 @@ fn check(path: &std::path::Path) -> ExitCode {
                     ""
                 }
             );
+            match &cfg.access_log {
+                None => {}
+                Some(sluice::config::AccessLogTarget::Stdout) => {
+                    println!("  access log: standard output")
+                }
+                Some(sluice::config::AccessLogTarget::File(f)) => {
+                    println!("  access log: {}", f.display())
+                }
+            }
             for r in &cfg.routes {
                 let total: u64 = r.backends.iter().map(|b| b.weight as u64).sum();
                 let split: Vec<String> = r

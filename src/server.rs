@@ -45,6 +45,8 @@ pub enum StartError {
     Worker(std::io::Error),
     #[error("cannot open the journal in the state directory: {0}")]
     Journal(std::io::Error),
+    #[error("cannot open the access log {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running sluice.
@@ -113,12 +115,19 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
             source,
         })?;
 
+    let access_log = match &config.access_log {
+        None => None,
+        Some(target) => {
+            Some(crate::access_log::AccessLog::open(target).map_err(StartError::AccessLog)?)
+        }
+    };
     let metrics = Metrics::new();
     let control = Arc::new(ControlPlane::new(
         config,
         base_dir,
         metrics.clone(),
         journal,
+        access_log,
         "startup",
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);

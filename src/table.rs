@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, HostMatch, RouteConfig, StickyKey};
 use crate::shared_vec::SharedVec;
 use crate::split::{self, Split};
@@ -27,6 +28,8 @@ pub struct Table {
     /// Shared with the table this one replaced, all but a changed route.
     pub routes: SharedVec<Arc<Route>>,
     router: Arc<Router>,
+    /// Opened at start and the same in every table after.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 #[derive(Debug)]
@@ -170,6 +173,8 @@ type StatsKey = (Arc<str>, Arc<str>, String);
 #[derive(Debug)]
 pub struct Registry {
     pub metrics: Metrics,
+    /// Handed to every table compiled.
+    pub access_log: Option<Arc<AccessLog>>,
     pools: HashMap<PoolKey, Arc<Pool>>,
     /// Keyed by route, backend and address: a backend that moves to a new
     /// address (a new deploy) starts with a fresh window.
@@ -180,6 +185,7 @@ impl Registry {
     pub fn new(metrics: Metrics) -> Self {
         Registry {
             metrics,
+            access_log: None,
             pools: HashMap::new(),
             stats: HashMap::new(),
         }
@@ -216,6 +222,7 @@ impl Registry {
             config,
             routes,
             router,
+            access_log: self.access_log.clone(),
         }
     }
 
@@ -239,6 +246,7 @@ impl Registry {
             config,
             routes,
             router: previous.router.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 

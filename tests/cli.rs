@@ -98,6 +98,7 @@ fn check_accepts_every_example_config() {
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(stdout.contains(": ok"));
             if path.ends_with("edge.yaml") {
+                assert!(stdout.contains("access log: standard output"), "{stdout}");
                 assert!(
                     stdout.contains("mirror: 10 % of requests copied to rewrite"),
                     "{stdout}"

@@ -827,3 +827,116 @@ async fn a_client_that_goes_away_mid_request_ends_the_backend_exchange() {
     );
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_access_log_line_and_the_log_stays_put() {
+    let b = Backend::start("stable").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let yaml = format!(
+        "access_log: {{ path: logs/access.log }}\n{}",
+        route_yaml("match: { path_prefix: /shop }", &[("stable", b.url(), 1)])
+    );
+    let p = start_proxy_in(&yaml, dir.path()).await;
+    let base = format!("http://{}", p.proxy_addr());
+    let (s, _) = get(
+        &client(),
+        &format!("{base}/shop/orders?id=7"),
+        &[("host", "api.test")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = get(
+        &client(),
+        &format!("{base}/elsewhere"),
+        &[("host", "api.test")],
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _, _) = send(
+        &h2_client(),
+        "POST",
+        &format!("{base}/shop/pay"),
+        &[("host", "api.test")],
+        "x",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let file = dir.path().join("logs/access.log");
+    let mut lines = Vec::new();
+    eventually(Duration::from_secs(5), "three access log lines", || {
+        lines = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        lines.len() == 3
+    })
+    .await;
+    let field = |i: usize, k: &str| lines[i][k].clone();
+    assert_eq!(field(0, "method"), "GET");
+    assert_eq!(field(0, "host"), "api.test");
+    assert_eq!(field(0, "path"), "/shop/orders?id=7");
+    assert_eq!(field(0, "protocol"), "HTTP/1.1");
+    assert_eq!(field(0, "status"), 200);
+    assert_eq!(field(0, "route"), "api");
+    assert_eq!(field(0, "backend"), "stable");
+    assert_eq!(field(0, "client"), "127.0.0.1");
+    assert!(field(0, "latency_ms").as_f64().unwrap() > 0.0);
+    assert!(field(0, "time").as_str().unwrap().ends_with('Z'));
+    // No route: logged, with none named.
+    assert_eq!(field(1, "status"), 404);
+    assert!(field(1, "route").is_null() && field(1, "backend").is_null());
+    assert_eq!(
+        (field(2, "method"), field(2, "protocol"), field(2, "status")),
+        ("POST".into(), "HTTP/2".into(), 200.into())
+    );
+    // Fixed while running: a change is refused, naming it; a whole new
+    // config that leaves it out keeps it.
+    let admin = format!("http://{}/config", p.admin_addr);
+    let moved = yaml.replace("logs/access.log", "logs/other.log");
+    let (s, _, answer) = send(&client(), "PUT", &admin, &[], moved).await;
+    assert_eq!(s, 422, "{answer}");
+    assert!(answer.contains("access_log"), "{answer}");
+    let routes_only = route_yaml("match: { path_prefix: /shop }", &[("stable", b.url(), 2)]);
+    let (s, _, answer) = send(&client(), "PUT", &admin, &[], routes_only).await;
+    assert_eq!(s, 200, "{answer}");
+    let (s, _) = get(&client(), &format!("{base}/shop/again"), &[]).await;
+    assert_eq!(s, 200);
+    eventually(Duration::from_secs(5), "a fourth line", || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 4
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[test]
+fn an_access_log_needs_a_directory_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = |path: &str| {
+        let yaml = format!(
+            "access_log: {{ path: \"{path}\" }}\nlisteners: [{{ addr: \"127.0.0.1:0\" }}]\nroutes:\n  - {{ name: a, backends: [{{ name: b, url: \"http://127.0.0.1:1\" }}] }}\n"
+        );
+        let d = sluice::config::parse_document(&yaml, sluice::config::Syntax::Yaml).unwrap();
+        sluice::config::validate(d, dir.path())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = doc("missing/access.log").unwrap_err();
+    assert!(
+        err.starts_with("access_log.path: ") && err.contains("is not a directory"),
+        "{err}"
+    );
+    let err = doc(".").unwrap_err();
+    assert!(err.contains("must name a file"), "{err}");
+    doc("access.log").unwrap();
+    doc("-").unwrap();
+    assert!(
+        !dir.path().join("access.log").exists(),
+        "a check opens nothing"
+    );
+}

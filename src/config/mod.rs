@@ -145,6 +145,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
     pub forwarded: Forwarded,
+    /// Where each request's access log line goes, if anywhere; opened at
+    /// start and fixed while running, as listeners are.
+    pub access_log: Option<AccessLogTarget>,
     /// Shared, so that a change to one route leaves the others' compiled
     /// forms alone.
     pub routes: crate::shared_vec::SharedVec<Arc<RouteConfig>>,
@@ -156,6 +159,13 @@ pub struct Config {
     /// controllers need not look through ten thousand routes after every
     /// change; a change of weights cannot change it, and shares it.
     pub fingerprints: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// Appended to; the file is made if missing.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

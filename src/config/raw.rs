@@ -22,10 +22,21 @@ pub struct Document {
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
     /// Shared, so a change to one route of a large table copies that route
     /// (and its chunk) alone, not all of them.
     #[serde(default)]
     pub routes: crate::shared_vec::SharedVec<std::sync::Arc<Route>>,
+}
+
+/// One JSON line per request, written off the request path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// A file, appended to (relative to the config file), or `-` for
+    /// standard output.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -94,6 +94,10 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         }
     };
     let state_dir = document.state_dir.as_deref().map(|d| resolve(base_dir, d));
+    let access_log = document
+        .access_log
+        .as_ref()
+        .map(|a| access_log(a, base_dir, &mut p));
     if document.routes.is_empty() {
         p.push(Problem::new("routes", "at least one route is needed"));
     }
@@ -135,6 +139,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         state_dir,
         limits,
         forwarded,
+        access_log: access_log.flatten(),
         routes,
         by_name: Arc::new(by_name),
         fingerprints: Arc::new(fingerprints),
@@ -153,6 +158,35 @@ pub fn revalidate_route(
         Some(route) if p.is_empty() => Ok(route),
         _ => Err(Problems(p)),
     }
+}
+
+/// Where the access log goes. A file's directory must exist; the file
+/// itself is opened (made if missing) at start, not by a check.
+fn access_log(
+    a: &raw::AccessLog,
+    base_dir: &Path,
+    p: &mut Vec<Problem>,
+) -> Option<super::AccessLogTarget> {
+    if a.path == "-" {
+        return Some(super::AccessLogTarget::Stdout);
+    }
+    let file = resolve(base_dir, &a.path);
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    if a.path.is_empty() || file.is_dir() {
+        p.push(Problem::new(
+            "access_log.path",
+            format!("\"{}\" must name a file, or - for standard output", a.path),
+        ));
+        return None;
+    }
+    if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+        p.push(Problem::new(
+            "access_log.path",
+            format!("{} is not a directory", dir.display()),
+        ));
+        return None;
+    }
+    Some(super::AccessLogTarget::File(file))
 }
 
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use super::conn::{BodyOpen, ConnState};
 use super::headers::{self, ForwardedFields};
 use super::mirror;
+use crate::access_log::{AccessLog, Entry};
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
@@ -38,17 +39,31 @@ struct Shared {
     conn: Arc<ConnState>,
     /// The peer's address, ready to go into `x-forwarded-for`.
     peer: HeaderValue,
+    peer_ip: IpAddr,
     proto: HeaderValue,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+/// What the access log needs of a request beyond its response, gathered
+/// only when there is a log (and boxed: every request's future would
+/// otherwise carry its room).
+struct Logged {
+    entry: Entry,
+    started: Instant,
 }
 
 impl ProxyService {
     pub fn new(table: Arc<ArcSwap<Table>>, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
+        // Fixed from start, so the connection takes it once.
+        let access_log = table.load().access_log.clone();
         ProxyService(Arc::new(Shared {
             table,
             conn,
             peer: HeaderValue::from_str(&peer.to_string())
                 .expect("an IP address is a valid header value"),
+            peer_ip: peer,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            access_log,
         }))
     }
 }
@@ -65,10 +80,41 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let http2 = req.version() == Version::HTTP_2;
         let in_flight = this.0.conn.request_started(http2);
         let open = (!http2 && !req.body().is_end_stream()).then(|| this.0.conn.body_started());
+        let Some(log) = this.0.access_log.clone() else {
+            // No access log: a future of its own, no larger than one that
+            // never heard of it.
+            return Box::pin(async move {
+                let response = this.forward(req, open, None).await;
+                // In flight until the body has been sent (or the request is
+                // abandoned and this future dropped).
+                Ok(response.map(|body| body.with_in_flight(in_flight)))
+            });
+        };
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let mut logged = Box::new(Logged {
+            entry: Entry {
+                time: SystemTime::now(),
+                client: this.0.peer_ip,
+                method: req.method().clone(),
+                host,
+                target: req.uri().path_and_query().cloned(),
+                version: req.version(),
+                status: 0,
+                route: None,
+                backend: None,
+                latency: Duration::ZERO,
+            },
+            started: Instant::now(),
+        });
         Box::pin(async move {
-            let response = this.forward(req, open).await;
-            // In flight until the body has been sent (or the request is
-            // abandoned and this future dropped).
+            let response = this.forward(req, open, Some(&mut logged)).await;
+            let Logged { mut entry, started } = *logged;
+            entry.status = response.status().as_u16();
+            entry.latency = started.elapsed();
+            log.record(entry);
             Ok(response.map(|body| body.with_in_flight(in_flight)))
         })
     }
@@ -255,6 +301,7 @@ impl ProxyService {
         &self,
         req: Request<Incoming>,
         open: Option<BodyOpen>,
+        logged: Option<&mut Logged>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let table = self.0.table.load_full();
@@ -277,6 +324,10 @@ impl ProxyService {
         let picked = route.pick(req.headers());
         let backend = &route.backends[picked];
         let limits = &table.config.limits;
+        if let Some(l) = logged {
+            l.entry.route = Some(route.name.clone());
+            l.entry.backend = Some(backend.name.clone());
+        }
 
         if let Some(max) = limits.max_body_bytes {
             let declared = req
