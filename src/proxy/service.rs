@@ -20,7 +20,7 @@ use tokio::time::Sleep;
 use super::conn::{BodyOpen, ConnState};
 use super::headers::{self, ForwardedFields};
 use super::mirror;
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::{AccessLog, Entry, Host};
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
@@ -39,7 +39,6 @@ struct Shared {
     conn: Arc<ConnState>,
     /// The peer's address, ready to go into `x-forwarded-for`.
     peer: HeaderValue,
-    peer_ip: IpAddr,
     proto: HeaderValue,
     access_log: Option<Arc<AccessLog>>,
 }
@@ -61,7 +60,6 @@ impl ProxyService {
             conn,
             peer: HeaderValue::from_str(&peer.to_string())
                 .expect("an IP address is a valid header value"),
-            peer_ip: peer,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             access_log,
         }))
@@ -91,13 +89,13 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             });
         };
         let host = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(header::HOST).cloned(),
+            Some(a) => Some(Host::Authority(a.clone())),
+            None => req.headers().get(header::HOST).cloned().map(Host::Field),
         };
         let mut logged = Box::new(Logged {
             entry: Entry {
                 time: SystemTime::now(),
-                client: this.0.peer_ip,
+                client: this.0.peer.clone(),
                 method: req.method().clone(),
                 host,
                 target: req.uri().path_and_query().cloned(),
