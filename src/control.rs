@@ -232,8 +232,13 @@ impl ControlPlane {
             .next_document(&w, &current, &change)
             .and_then(|doc| match scoped {
                 Some(i) => {
-                    let route = config::revalidate_route(&doc.routes[i], i, &self.base_dir)
-                        .map_err(Rejection::Invalid)?;
+                    let route = config::revalidate_route(
+                        &doc.routes[i],
+                        i,
+                        &self.base_dir,
+                        &current.config.routes[i],
+                    )
+                    .map_err(Rejection::Invalid)?;
                     // Only weights change here, so the routes with rollout
                     // plans (and their fingerprints) are shared as they are.
                     debug_assert_eq!(

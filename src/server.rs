@@ -62,6 +62,7 @@ pub struct Running {
     stopped: watch::Sender<bool>,
     connections: Arc<crate::proxy::Connections>,
     tasks: Vec<JoinHandle<()>>,
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// Binds every listener, then serves. Returns once all are bound.
@@ -127,7 +128,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         base_dir,
         metrics.clone(),
         journal,
-        access_log,
+        access_log.clone(),
         "startup",
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -231,6 +232,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         stopped,
         connections,
         tasks,
+        access_log,
     })
 }
 
@@ -269,6 +271,11 @@ impl Running {
         let _ = self.stopped.send(true);
         for t in &self.tasks {
             t.abort();
+        }
+        // The drained requests' lines, written before this returns.
+        if let Some(log) = &self.access_log {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
         }
         all
     }

@@ -210,8 +210,10 @@ async fn an_https_backend_is_reached_over_tls_its_certificate_checked_and_its_co
             .load(std::sync::atomic::Ordering::Relaxed),
         256 * 1024
     );
-    // A weight change validates the route again, its relative `tls.ca`
-    // included, and keeps the pool and its connection.
+    // A weight change validates the route again but reads no file (here
+    // the CA file is gone, as mid-rotation), and keeps the pool and its
+    // connection.
+    std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
     let (status, _, body) = send(
         &c,
         "PUT",
@@ -255,6 +257,10 @@ async fn an_https_backend_with_an_untrusted_or_misnamed_certificate_gets_no_requ
         b.state.seen(),
         0,
         "no request crossed an unchecked connection"
+    );
+    assert!(
+        b.state.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "a handshake was tried each time"
     );
 }
 
@@ -489,15 +495,13 @@ async fn an_https_backend_speaks_http2_when_it_agrees_to_it_by_alpn() {
         "{opened} connections: one multiplexed connection per worker"
     );
     p.shutdown().await;
-    // A backend that offers only HTTP/1.1 by ALPN gets no HTTP/2 preface.
-    let h1 = Backend::start_tls(
-        "h1",
-        tls_acceptor_offering(&cert, &key, None, &[b"http/1.1"]),
-    )
-    .await;
+    // A backend that agrees to no protocol by ALPN gets no HTTP/2 preface
+    // (this one would even have taken it: it serves HTTP/2 by preface).
+    let h1 = Backend::start_tls("h1", tls_acceptor_offering(&cert, &key, None, &[])).await;
     let p = start_proxy_in(&https_route(&h1.url(), tls), dir.path()).await;
     let (status, body) = get(&client(), &format!("http://{}/", p.proxy_addr()), &[]).await;
     assert_eq!(status.as_u16(), 502, "{body}");
     assert_eq!(h1.state.seen(), 0);
+    assert!(h1.state.accepted.load(std::sync::atomic::Ordering::Relaxed) > 0);
     p.shutdown().await;
 }

@@ -137,7 +137,7 @@ pub struct Backend {
 #[serde(deny_unknown_fields)]
 pub struct BackendTls {
     /// A PEM file of the certificates to trust instead of the built-in
-    /// public roots (a private CA, a self-signed backend).
+    /// public roots (a private CA's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
     /// The name the backend's certificate must carry; the URL's host if

@@ -114,7 +114,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
                 ),
             ));
         }
-        if let Some(route) = route(r, &path, base_dir, &mut p) {
+        if let Some(route) = route(r, &path, base_dir, None, &mut p) {
             routes.push(Arc::new(route));
         }
     }
@@ -147,14 +147,19 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
 }
 
 /// Validates one route of a document again, after a change that touched
-/// only it (weights): the rest of the document is as valid as it was.
+/// only it (weights): the rest of the document is as valid as it was. Its
+/// backends keep the targets `current` has, TLS set up once included: a
+/// weight change, or a rollback, reads no file (one moved or caught
+/// mid-rotation could otherwise refuse a rollback).
 pub fn revalidate_route(
     r: &raw::Route,
     index: usize,
     base_dir: &Path,
+    current: &RouteConfig,
 ) -> Result<RouteConfig, Problems> {
     let mut p = Vec::new();
-    match route(r, &format!("routes[{index}]"), base_dir, &mut p) {
+    let path = format!("routes[{index}]");
+    match route(r, &path, base_dir, Some(&current.backends), &mut p) {
         Some(route) if p.is_empty() => Ok(route),
         _ => Err(Problems(p)),
     }
@@ -386,7 +391,15 @@ fn header_name(text: &str, path: &str, p: &mut Vec<Problem>) -> Option<HeaderNam
     }
 }
 
-fn route(r: &raw::Route, path: &str, base_dir: &Path, p: &mut Vec<Problem>) -> Option<RouteConfig> {
+/// `known`: the route's backends as validated before, whose targets are
+/// kept for backends of the same name at the same place.
+fn route(
+    r: &raw::Route,
+    path: &str,
+    base_dir: &Path,
+    known: Option<&[BackendConfig]>,
+    p: &mut Vec<Problem>,
+) -> Option<RouteConfig> {
     let before = p.len();
     if !valid_route_name(&r.name) {
         p.push(Problem::new(
@@ -422,7 +435,7 @@ fn route(r: &raw::Route, path: &str, base_dir: &Path, p: &mut Vec<Problem>) -> O
         }
     }
 
-    let backends = backends(&r.backends, path, base_dir, p);
+    let backends = backends(&r.backends, path, base_dir, known, p);
     let index_of = |name: &str| r.backends.iter().position(|b| b.name == name);
     let known = || {
         r.backends
@@ -583,6 +596,7 @@ fn backends(
     list: &[raw::Backend],
     route_path: &str,
     base_dir: &Path,
+    known: Option<&[BackendConfig]>,
     p: &mut Vec<Problem>,
 ) -> Vec<BackendConfig> {
     if list.is_empty() || list.len() > MAX_BACKENDS {
@@ -624,6 +638,14 @@ fn backends(
             ));
         }
         total += b.weight.min(MAX_WEIGHT);
+        if let Some(k) = known.and_then(|k| k.get(i)).filter(|k| *k.name == *b.name) {
+            out.push(BackendConfig {
+                name: k.name.clone(),
+                target: k.target.clone(),
+                weight: b.weight.min(MAX_WEIGHT) as u32,
+            });
+            continue;
+        }
         let protocol = match b.protocol.as_deref() {
             None | Some("http1") => Some(Protocol::Http1),
             Some("h2" | "h2c") => Some(Protocol::Http2),

@@ -43,14 +43,6 @@ struct Shared {
     access_log: Option<Arc<AccessLog>>,
 }
 
-/// What the access log needs of a request beyond its response, gathered
-/// only when there is a log (and boxed: every request's future would
-/// otherwise carry its room).
-struct Logged {
-    entry: Entry,
-    started: Instant,
-}
-
 impl ProxyService {
     pub fn new(table: Arc<ArcSwap<Table>>, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
         // Fixed from start, so the connection takes it once.
@@ -92,24 +84,23 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             Some(a) => Some(Host::Authority(a.clone())),
             None => req.headers().get(header::HOST).cloned().map(Host::Field),
         };
-        let mut logged = Box::new(Logged {
-            entry: Entry {
-                time: SystemTime::now(),
-                client: this.0.peer.clone(),
-                method: req.method().clone(),
-                host,
-                target: req.uri().path_and_query().cloned(),
-                version: req.version(),
-                status: 0,
-                route: None,
-                backend: None,
-                latency: Duration::ZERO,
-            },
-            started: Instant::now(),
+        // Boxed: the queue takes the box as it is, and the future keeps a
+        // pointer instead of the entry.
+        let mut entry = Box::new(Entry {
+            time: SystemTime::now(),
+            client: this.0.peer.clone(),
+            method: req.method().clone(),
+            host,
+            target: req.uri().path_and_query().cloned(),
+            version: req.version(),
+            status: 0,
+            route: None,
+            backend: None,
+            latency: Duration::ZERO,
         });
+        let started = Instant::now();
         Box::pin(async move {
-            let response = this.forward(req, open, Some(&mut logged)).await;
-            let Logged { mut entry, started } = *logged;
+            let response = this.forward(req, open, Some(&mut entry)).await;
             entry.status = response.status().as_u16();
             entry.latency = started.elapsed();
             log.record(entry);
@@ -299,7 +290,7 @@ impl ProxyService {
         &self,
         req: Request<Incoming>,
         open: Option<BodyOpen>,
-        logged: Option<&mut Logged>,
+        logged: Option<&mut Entry>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let table = self.0.table.load_full();
@@ -322,9 +313,9 @@ impl ProxyService {
         let picked = route.pick(req.headers());
         let backend = &route.backends[picked];
         let limits = &table.config.limits;
-        if let Some(l) = logged {
-            l.entry.route = Some(route.name.clone());
-            l.entry.backend = Some(backend.name.clone());
+        if let Some(entry) = logged {
+            entry.route = Some(route.name.clone());
+            entry.backend = Some(backend.name.clone());
         }
 
         if let Some(max) = limits.max_body_bytes {

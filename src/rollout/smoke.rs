@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -85,7 +86,9 @@ fn request(
     let mut req = http::Request::builder()
         .method(check.method.clone())
         .uri(uri);
-    if let Some(host) = host {
+    // A check may name its own host; the canary's address otherwise.
+    let named = check.headers.iter().any(|(k, _)| k == http::header::HOST);
+    if let Some(host) = host.filter(|_| !named) {
         req = req.header(http::header::HOST, host.as_str());
     }
     for (k, v) in &check.headers {
@@ -118,10 +121,13 @@ async fn exchange_direct(canary: &Pool, check: &SmokeCheck) -> Result<(u16, Stri
     let io = hyper_util::rt::TokioIo::new(canary.open().await.map_err(|e| failed(&e))?);
     // The connection is driven beside the request, and dropped with it (on
     // the check's timeout too): nothing outlives the check.
+    // hyper runs an HTTP/2 connection's work in tasks of its own: in this
+    // set they end when the check does, timed out or not.
+    let tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
     let (send, driver): (_, Pin<Box<dyn Future<Output = ()> + Send>>) =
         if canary.protocol == Protocol::Http2 {
             let (send, conn) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                hyper::client::conn::http2::handshake(CheckTasks(Arc::downgrade(&tasks)), io)
                     .await
                     .map_err(|e| failed(&e))?;
             let scheme = if canary.is_tls() { "https" } else { "http" };
@@ -147,6 +153,22 @@ async fn exchange_direct(canary: &Pool, check: &SmokeCheck) -> Result<(u16, Stri
     tokio::select! {
         result = exchange => result,
         _ = driver => unreachable!("the driver never ends on its own"),
+    }
+}
+
+/// Spawns into a check's own set of tasks, which aborts them when dropped.
+#[derive(Clone)]
+struct CheckTasks(Weak<Mutex<tokio::task::JoinSet<()>>>);
+
+impl<F> hyper::rt::Executor<F> for CheckTasks
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // After the check, nothing more runs for it.
+        if let Some(set) = self.0.upgrade() {
+            set.lock().unwrap_or_else(|e| e.into_inner()).spawn(fut);
+        }
     }
 }
 

@@ -149,8 +149,14 @@ impl Conn {
             *written += ready!(Pin::new(&mut self.io).poll_write(cx, &head[*written..]))
                 .and_then(nonzero)?;
         }
-        // Over TLS the last of the head may still be in the TLS layer.
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        // Over TLS the last of the head (and of the body so far) may still
+        // be in the TLS layer. Pushed out without waiting: a backend that
+        // answers early and stops reading an upload must still be heard,
+        // as on a plain connection (a flush that waits is retried at the
+        // next wake-up, which it asked for).
+        if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+            return Poll::Ready(Err(e.into()));
+        }
         if let Some(u) = upload.as_mut().filter(|u| !u.done) {
             if let Poll::Ready(Err(e)) = u.poll_send(&mut self.io, cx) {
                 return Poll::Ready(Err(e));
