@@ -272,10 +272,17 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
-        // The drained requests' lines, written before this returns.
+        // The drained requests' lines, written before this returns; within
+        // a bound, as a log on a pipe nobody reads would block for ever.
         if let Some(log) = &self.access_log {
             let log = log.clone();
-            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+            let closing = tokio::task::spawn_blocking(move || log.close());
+            if tokio::time::timeout(Duration::from_secs(2), closing)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the access log could not write its last lines in 2 s");
+            }
         }
         all
     }
