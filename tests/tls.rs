@@ -455,6 +455,13 @@ fn a_client_certificate_needs_its_own_key() {
             .unwrap_err()
             .to_string()
     };
+    // Every problem at once: a missing CA file hides none of the others.
+    let err = problem(", tls: { ca: missing.pem, cert: client.crt }");
+    assert!(
+        err.contains("routes[0].backends[0].tls.ca: cannot read")
+            && err.contains("routes[0].backends[0].tls: cert and key go together"),
+        "{err}"
+    );
     let err = problem(", tls: { cert: client.crt }");
     assert!(
         err.contains("routes[0].backends[0].tls: cert and key go together"),

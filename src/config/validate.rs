@@ -777,14 +777,16 @@ fn backend_tls(
             None
         }
     };
+    // Each file is read, whatever the others hold: every problem is listed.
     let ca = match t.and_then(|t| t.ca.as_deref()) {
         None => Some(Vec::new()),
         Some(file) => crate::proxy::tls::read_certificates(&resolve(base_dir, file))
             .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
             .ok(),
-    }?;
+    };
+    // `None` when there is a problem; `Some(None)` when there is nothing to present.
     let identity = match t.map(|t| (t.cert.as_deref(), t.key.as_deref())) {
-        None | Some((None, None)) => None,
+        None | Some((None, None)) => Some(None),
         Some((Some(cert), Some(key))) => {
             let chain = crate::proxy::tls::read_certificates(&resolve(base_dir, cert))
                 .map_err(|e| p.push(Problem::new(format!("{path}.tls.cert"), e)));
@@ -795,16 +797,17 @@ fn backend_tls(
                     format!("cannot read private key {}: {e}", key_file.display()),
                 ))
             });
-            Some((chain.ok()?, key.ok()?))
+            chain.ok().zip(key.ok()).map(Some)
         }
         Some(_) => {
             p.push(Problem::new(
                 format!("{path}.tls"),
                 "cert and key go together: a client certificate needs its key",
             ));
-            return None;
+            None
         }
     };
+    let (server_name, ca, identity) = (server_name?, ca?, identity?);
     let chain: Arc<[_]> = identity
         .as_ref()
         .map_or_else(|| Arc::from([]), |(c, _)| c.as_slice().into());
@@ -816,7 +819,7 @@ fn backend_tls(
         .map_err(|(field, e)| p.push(Problem::new(format!("{path}.tls.{field}"), e)))
         .ok()?;
     Some(BackendTls {
-        server_name: server_name?,
+        server_name,
         ca: ca.into(),
         identity: chain,
         client,

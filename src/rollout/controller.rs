@@ -26,7 +26,7 @@ pub struct Rollouts {
     control: Arc<ControlPlane>,
     state_dir: Option<PathBuf>,
     routes: Mutex<HashMap<String, Arc<Controller>>>,
-    client: smoke::SmokeClient,
+    client: prometheus::PromClient,
 }
 
 /// A manual action on a rollout.
@@ -131,7 +131,7 @@ impl Rollouts {
             control,
             state_dir,
             routes: Mutex::new(HashMap::new()),
-            client: smoke::client(),
+            client: prometheus::client(),
         })
     }
 
@@ -362,7 +362,7 @@ impl Rollouts {
         let smoke = if plan.smoke.is_empty() || !full {
             Vec::new()
         } else {
-            smoke::run(&self.client, &canary.pool, &plan.smoke).await
+            smoke::run(&canary.pool, &plan.smoke).await
         };
         let prom = if full {
             let values = self.prometheus_values(plan).await;

@@ -6,7 +6,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use super::smoke::SmokeClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+/// The client Prometheus is queried with.
+pub type PromClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A short connect timeout; idle connections kept for the next query.
+pub fn client() -> PromClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
 
 /// `floor(now / interval) * interval - lag`, in seconds since the epoch.
 pub fn aligned_time(now_ms: i64, interval: Duration, lag: Duration) -> f64 {
@@ -17,7 +32,7 @@ pub fn aligned_time(now_ms: i64, interval: Duration, lag: Duration) -> f64 {
 
 /// Runs an instant query; `Ok(None)` when it returns no sample (or NaN).
 pub async fn query(
-    client: &SmokeClient,
+    client: &PromClient,
     base: &str,
     promql: &str,
     time: f64,

@@ -72,9 +72,9 @@ impl Conn {
     }
 
     /// Whether a connection that sat idle is still usable: see
-    /// [`Stream::is_usable`].
+    /// [`super::tls::is_usable`].
     pub fn is_usable(&mut self) -> bool {
-        self.io.is_usable()
+        super::tls::is_usable(&mut self.io)
     }
 
     /// Sends the request and reads the response head; the response body

@@ -33,7 +33,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
-use crate::config::{Protocol, Upstream};
+use crate::config::{BackendTls, Protocol, Upstream};
 use crate::proxy::headers::ForwardedFields;
 use tls::Stream;
 
@@ -55,12 +55,8 @@ pub struct Pool {
     /// `host:port`, as it goes into request URIs.
     pub origin: http::uri::Authority,
     pub protocol: Protocol,
-    /// For an `https://` backend: the connector and the name its
-    /// certificate is checked against.
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
+    /// For an `https://` backend: its TLS, as validation built it.
+    tls: Option<BackendTls>,
     connect_timeout: Duration,
     /// How long a connection may stay idle, on the coarse clock.
     idle_timeout_ms: u64,
@@ -153,12 +149,7 @@ impl Pool {
         Pool {
             origin: key.upstream.authority.clone(),
             protocol: key.upstream.protocol,
-            tls: key.upstream.tls.as_ref().map(|t| {
-                (
-                    tokio_rustls::TlsConnector::from(t.client.clone()),
-                    t.server_name.clone(),
-                )
-            }),
+            tls: key.upstream.tls.clone(),
             connect_timeout: key.connect_timeout,
             idle_timeout_ms: key.idle_timeout.as_millis() as u64,
             idle_per_worker: MAX_IDLE.div_ceil(workers),
@@ -257,15 +248,16 @@ impl Pool {
     /// `https://` one, outside the pool (smoke checks use it).
     pub async fn open(&self) -> Result<Stream, UpstreamError> {
         let (_, stream) = self.connect_stream().await?;
-        let Some((connector, name)) = &self.tls else {
-            return Ok(Stream::Plain(stream));
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Left(stream));
         };
+        let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
         // The handshake gets a connect timeout of its own: a backend that
         // accepts and then says nothing is as unreachable as one that
         // does not accept.
         match tokio::time::timeout(
             self.connect_timeout,
-            connector.connect(name.clone(), stream),
+            connector.connect(tls.server_name.clone(), stream),
         )
         .await
         {
@@ -280,7 +272,7 @@ impl Pool {
                     std::io::Error::other("the backend did not agree to HTTP/2 by ALPN"),
                 ))
             }
-            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+            Ok(Ok(tls)) => Ok(Stream::Right(Box::new(tls))),
             Ok(Err(e)) => Err(UpstreamError::new(
                 Failure::Broken,
                 std::io::Error::new(e.kind(), format!("TLS handshake with the backend: {e}")),

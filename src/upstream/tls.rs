@@ -8,9 +8,10 @@ use std::task::{Context, Poll};
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 /// A client configuration that trusts `ca`, or the built-in public roots
 /// (Mozilla's, compiled in: a container image without a system store
@@ -54,85 +55,36 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// A backend connection's transport.
-pub enum Stream {
-    Plain(TcpStream),
-    // Boxed: the TLS state is large, and most backends are plain.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A backend connection's transport: plain (`Left`) or TLS (`Right`;
+/// boxed, the TLS state is large and most backends are plain).
+/// tokio-util's `Either` reads and writes through to whichever it holds.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-impl Stream {
-    /// Whether a connection that sat idle is still usable: nothing may have
-    /// arrived on it, not even the backend's close. Asks the reactor first,
-    /// so a quiet socket costs no system call.
-    pub fn is_usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self {
-            Stream::Plain(io) => match io.poll_read_ready(&mut cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    // Readiness can be left over from the last read; only
-                    // the socket knows.
-                    let mut probe = [0u8; 1];
-                    matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            },
-            // Records may have come that carry no data (a TLS 1.3 session
-            // ticket): read through TLS, without waiting. Usable only if
-            // that finds nothing to hand on and no close.
-            Stream::Tls(io) => {
+/// Whether a connection that sat idle is still usable: nothing may have
+/// arrived on it, not even the backend's close. Asks the reactor first,
+/// so a quiet socket costs no system call.
+pub fn is_usable(stream: &mut Stream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream {
+        Either::Left(io) => match io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readiness can be left over from the last read; only the
+                // socket knows.
                 let mut probe = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut probe);
-                Pin::new(&mut **io)
-                    .poll_read(&mut cx, &mut buf)
-                    .is_pending()
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    #[inline]
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Stream::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Stream::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
-        }
-    }
-
-    /// A no-op when plain; over TLS it sends what the TLS layer still holds
-    /// of what was written.
-    #[inline]
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
-            Stream::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Stream::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        },
+        // Records may have come that carry no data (a TLS 1.3 session
+        // ticket): read through TLS, without waiting. Usable only if that
+        // finds nothing to hand on and no close.
+        Either::Right(io) => {
+            let mut probe = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut probe);
+            Pin::new(&mut **io)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending()
         }
     }
 }
