@@ -936,3 +936,110 @@ fn an_access_log_needs_a_directory_that_exists() {
         "a check opens nothing"
     );
 }
+
+/// A backend whose answers to `/together` wait until `n` requests are
+/// there at once (503 if they never are, after 5 s), and whose answers to
+/// anything else take 300 ms. Counts requests seen.
+async fn start_gathering(
+    n: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (barrier, counter) = (barrier.clone(), counter.clone());
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let (barrier, counter) = (barrier.clone(), counter.clone());
+                async move {
+                    counter.fetch_add(1, Relaxed);
+                    let status = if req.uri().path() == "/together" {
+                        match tokio::time::timeout(Duration::from_secs(5), barrier.wait()).await {
+                            Ok(_) => 200,
+                            Err(_) => 503,
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        200
+                    };
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, seen, task)
+}
+
+/// An HTTP/2 client's streams on one connection reach the backend together
+/// (the connection's task runs them side by side), and a drain waits for
+/// the ones in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connections_streams_run_together_and_are_drained() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: usize = 8;
+    let (addr, seen, backend) = start_gathering(N).await;
+    let p = start_with_routes(&format!(
+        "  - {{ name: r, backends: [{{ name: b, url: \"http://{addr}\" }}] }}\n"
+    ))
+    .await;
+    let io = TcpStream::connect(p.proxy_addr()).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    let client_conn = tokio::spawn(conn);
+    let request = |path: &str| {
+        let mut sender = sender.clone();
+        let req = http::Request::get(format!("http://{}{path}", p.proxy_addr()))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status().as_u16()) })
+    };
+    let together: Vec<_> = (0..N).map(|_| request("/together")).collect();
+    for r in together {
+        assert_eq!(
+            r.await.unwrap().unwrap(),
+            200,
+            "every stream reached the backend at once"
+        );
+    }
+
+    let slow: Vec<_> = (0..4).map(|_| request("/slow")).collect();
+    eventually(
+        Duration::from_secs(5),
+        "the slow requests reach the backend",
+        || seen.load(Relaxed) == N as u64 + 4,
+    )
+    .await;
+    let drained = tokio::spawn(p.shutdown());
+    for r in slow {
+        assert_eq!(
+            r.await.unwrap().unwrap(),
+            200,
+            "a stream in flight at shutdown is answered"
+        );
+    }
+    assert!(
+        drained.await.unwrap(),
+        "the drain saw every connection close"
+    );
+    client_conn.abort();
+    backend.abort();
+}

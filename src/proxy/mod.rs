@@ -6,15 +6,17 @@ pub mod headers;
 pub mod http1;
 pub mod mirror;
 pub mod service;
+pub mod streams;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -151,7 +153,8 @@ pub async fn serve(
                     };
                     http1::serve(stream, conn, shutdown).await;
                 } else {
-                    Box::pin(connection(stream, peer, acceptor, table, shutdown)).await;
+                    let http2 = acceptor.is_none() && n == H2_PREFACE.len();
+                    Box::pin(connection(stream, peer, http2, acceptor, table, shutdown)).await;
                 }
             }
             drop(permit);
@@ -163,9 +166,11 @@ pub async fn serve(
 /// else on a plain listener is HTTP/1.x.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// `http2`: a plain connection opened with the whole HTTP/2 preface.
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    http2: bool,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     table: Arc<ArcSwap<Table>>,
     shutdown: watch::Receiver<bool>,
@@ -173,18 +178,19 @@ async fn connection(
     let state = ConnState::new();
     let io = MeteredIo::new(stream, state.clone());
     match acceptor {
-        None => serve_connection(io, state, peer, false, table, shutdown).await,
+        None => serve_connection(io, state, peer, false, http2, table, shutdown).await,
         Some(acceptor) => {
             let timeout = table.load().config.limits.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => {
                     // The handshake's bytes were no request head.
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    if http2 {
                         state.set_multiplexed();
                     } else {
                         state.reset_head();
                     }
-                    serve_connection(tls, state, peer, true, table, shutdown).await
+                    serve_connection(tls, state, peer, true, http2, table, shutdown).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -193,20 +199,44 @@ async fn connection(
     }
 }
 
+/// Serves one connection with hyper: HTTP/2 when the client has shown it
+/// speaks it (its preface on a plain listener, or `h2` by ALPN), else
+/// hyper's version sniffing, which wraps every read of the connection.
 async fn serve_connection<I>(
     io: I,
     state: Arc<ConnState>,
     peer: SocketAddr,
     tls: bool,
+    http2: bool,
     table: Arc<ArcSwap<Table>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = table.load().config.limits;
     let service = ProxyService::new(table, state.clone(), peer.ip(), tls);
+    let service =
+        hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req));
     let io = TokioIo::new(io);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut streams = streams::Streams::default();
+    let served = Served {
+        state: &state,
+        limits: &limits,
+        peer,
+        shutdown,
+    };
+    if http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(streams.spawner());
+        builder
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes as u32);
+        let conn = builder.serve_connection(io, service);
+        served
+            .drive(conn, |c| c.graceful_shutdown(), &mut streams)
+            .await;
+        return;
+    }
+    let mut builder = auto::Builder::new(streams.spawner());
     builder
         .http1()
         // The read buffer bounds the request head: a head that does not fit
@@ -220,56 +250,82 @@ async fn serve_connection<I>(
         .http2()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
-    let conn = builder.serve_connection(
-        io,
-        hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req)),
-    );
-    tokio::pin!(conn);
-    // Once a graceful close has begun, the client gets a bounded time to
-    // finish (an HTTP/2 peer that never answers GOAWAY, a head that never
-    // completes); draining on shutdown is bounded by drain_timeout as well.
-    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let grace = limits
-        .header_read_timeout
-        .max(std::time::Duration::from_secs(1));
-    let timeouts = conn::Timeouts {
-        header_read: limits.header_read_timeout,
-        idle: limits.idle_timeout,
-        park: None,
-        probe_client: false,
-    };
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::trace!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.wait_for(|s| *s), if closing.is_none() => {
-                closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
-                conn.as_mut().graceful_shutdown();
-            }
-            why = conn::Watchdog::new(&state, timeouts), if closing.is_none() => {
-                match why {
-                    Expired::HeaderRead => {
-                        tracing::debug!(%peer, "client did not send its request headers in time");
-                        return;
+    let conn = builder.serve_connection(io, service);
+    served
+        .drive(conn, |c| c.graceful_shutdown(), &mut streams)
+        .await;
+}
+
+/// What a connection served by hyper is watched with.
+struct Served<'a> {
+    state: &'a Arc<ConnState>,
+    limits: &'a crate::config::Limits,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Served<'_> {
+    /// Runs hyper's connection `conn` and its HTTP/2 streams to the end,
+    /// closing it gracefully (`graceful`) at shutdown or when the
+    /// watchdog says so.
+    async fn drive<C, E>(
+        mut self,
+        conn: C,
+        graceful: impl Fn(Pin<&mut C>),
+        streams: &mut streams::Streams,
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let (limits, peer) = (self.limits, self.peer);
+        tokio::pin!(conn);
+        // Once a graceful close has begun, the client gets a bounded time to
+        // finish (an HTTP/2 peer that never answers GOAWAY, a head that never
+        // completes); draining on shutdown is bounded by drain_timeout as well.
+        let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let grace = limits.header_read_timeout.max(Duration::from_secs(1));
+        let timeouts = conn::Timeouts {
+            header_read: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            park: None,
+            probe_client: false,
+        };
+        loop {
+            tokio::select! {
+                result = std::future::poll_fn(|cx| streams.poll_with(conn.as_mut(), cx)) => {
+                    if let Err(e) = result {
+                        tracing::trace!(%peer, error = %e, "connection ended with an error");
                     }
-                    // Not asked for: hyper's HTTP/2 and TLS connections
-                    // watch the socket themselves.
-                    Expired::Probe => {}
-                    Expired::Idle | Expired::Park | Expired::Drain => {
-                        closing = Some(Box::pin(tokio::time::sleep(grace)));
-                        conn.as_mut().graceful_shutdown();
+                    break;
+                }
+                _ = self.shutdown.wait_for(|s| *s), if closing.is_none() => {
+                    closing = Some(Box::pin(tokio::time::sleep(limits.drain_timeout)));
+                    graceful(conn.as_mut());
+                }
+                why = conn::Watchdog::new(self.state, timeouts), if closing.is_none() => {
+                    match why {
+                        Expired::HeaderRead => {
+                            tracing::debug!(%peer, "client did not send its request headers in time");
+                            return;
+                        }
+                        // Not asked for: hyper's HTTP/2 and TLS connections
+                        // watch the socket themselves.
+                        Expired::Probe => {}
+                        Expired::Idle | Expired::Park | Expired::Drain => {
+                            closing = Some(Box::pin(tokio::time::sleep(grace)));
+                            graceful(conn.as_mut());
+                        }
                     }
                 }
-            }
-            _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
-                tracing::debug!(%peer, "connection did not close in time after a graceful close");
-                return;
+                _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
+                    tracing::debug!(%peer, "connection did not close in time after a graceful close");
+                    return;
+                }
             }
         }
+        // Streams still in flight when the connection failed under them end
+        // on their own: the backend answers or their route timeout fires.
+        streams.finish().await;
     }
 }
 
