@@ -32,6 +32,20 @@ fn signal(child: &Child, sig: &str) {
 
 /// Starts `sluice run` and reads its addresses from the startup log line.
 fn run_binary(config: &Path, extra: &[&str]) -> (Proc, String, String) {
+    let (proc, proxy, admin, _) = run_binary_logged(config, extra);
+    (proc, proxy, admin)
+}
+
+/// As [`run_binary`], and keeps the JSON log lines written after start.
+fn run_binary_logged(
+    config: &Path,
+    extra: &[&str],
+) -> (
+    Proc,
+    String,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
     let mut child = Command::new(BIN)
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
@@ -58,8 +72,16 @@ fn run_binary(config: &Path, extra: &[&str]) -> (Proc, String, String) {
                 .to_string();
             let admin = v["fields"]["admin"].as_str().unwrap().to_string();
             // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, proxy, admin);
+            let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let keep = kept.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        keep.lock().unwrap().push(v);
+                    }
+                }
+            });
+            return (child, proxy, admin, kept);
         }
     }
 }
@@ -453,5 +475,68 @@ async fn kill_9_mid_rollout_and_it_resumes_at_the_same_stage() {
     assert!(
         (25..=100).contains(&canary_users),
         "about 30 % to the canary: {canary_users}/200"
+    );
+}
+
+/// A failing backend is logged at warn with its cause, one line a second
+/// per backend at most, each line counting the failures it left out; so a
+/// backend that fails every request does not flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_are_logged_at_warn_once_a_second() {
+    let closed = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &file,
+        route_yaml("", &[("gone", format!("http://{closed}"), 1)]),
+    )
+    .unwrap();
+    let (_proc, proxy, _admin, log) = run_binary_logged(&file, &[]);
+    let c = client();
+    let warnings = || -> Vec<serde_json::Value> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["level"] == "WARN")
+            .cloned()
+            .collect()
+    };
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &format!("http://{proxy}/"), &[]).await.0, 502);
+    }
+    let burst = started.elapsed();
+    // A second later the next failure is logged again, with the count of
+    // those left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&c, &format!("http://{proxy}/"), &[]).await.0, 502);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let w = warnings();
+        let counted: u64 = w
+            .iter()
+            .map(|v| 1 + v["fields"]["unlogged"].as_u64().unwrap())
+            .sum();
+        if counted == 21 {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "warn lines account for {counted} of 21 failures: {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let first = &lines[0]["fields"];
+    assert_eq!(first["backend"], "gone");
+    assert_eq!(first["status"], 502);
+    assert_eq!(first["origin"], closed.to_string());
+    let message = first["message"].as_str().unwrap().to_lowercase();
+    assert!(message.contains("refused"), "the cause is named: {message}");
+    // One line for the burst (two if it straddled a second) and one after.
+    let most = 2 + burst.as_secs() as usize + 1;
+    assert!(
+        (2..=most).contains(&lines.len()),
+        "{} warn lines: {lines:?}",
+        lines.len()
     );
 }

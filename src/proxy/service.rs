@@ -25,7 +25,7 @@ use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
 use crate::stats::Class;
 use crate::table::Table;
-use crate::upstream::Failure;
+use crate::upstream::{failures, Failure};
 
 /// Serves one downstream connection's requests. Cloned into every request's
 /// future, so it is one reference count of the connection's own: the
@@ -106,6 +106,28 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             log.record(entry);
             Ok(response.map(|body| body.with_in_flight(in_flight)))
         })
+    }
+}
+
+/// Logs a backend's failure at warn, at most once a second per backend
+/// (see [`failures`]); `cause` is worked out only for a line that is
+/// written. Every failure also has a line at debug.
+fn warn_failure(
+    route: &crate::table::Route,
+    backend: &crate::table::Backend,
+    status: StatusCode,
+    cause: impl FnOnce() -> String,
+) {
+    if let Some(unlogged) = backend.pool.failures.admit(crate::clock::coarse_ms()) {
+        tracing::warn!(
+            route = %route.name,
+            backend = %backend.name,
+            origin = %backend.pool.origin,
+            status = status.as_u16(),
+            unlogged,
+            "backend failed: {}",
+            cause()
+        );
     }
 }
 
@@ -417,6 +439,12 @@ impl ProxyService {
                 Failure::Timeout => {
                     backend.stats.record(Class::Error, latency);
                     tracing::debug!(route = %route.name, backend = %backend.name, error = %e, "upstream connect timeout");
+                    warn_failure(route, backend, StatusCode::GATEWAY_TIMEOUT, || {
+                        format!(
+                            "no connection within connect_timeout: {}",
+                            failures::chain(&e)
+                        )
+                    });
                     local_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the backend did not accept a connection in time",
@@ -425,6 +453,9 @@ impl ProxyService {
                 Failure::Broken => {
                     backend.stats.record(Class::Error, latency);
                     tracing::debug!(route = %route.name, backend = %backend.name, error = ?e, "upstream failed");
+                    warn_failure(route, backend, StatusCode::BAD_GATEWAY, || {
+                        failures::chain(&e)
+                    });
                     local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
                 }
             },
@@ -438,6 +469,9 @@ impl ProxyService {
             }
             Err(_) => {
                 backend.stats.record(Class::Error, latency);
+                warn_failure(route, backend, StatusCode::GATEWAY_TIMEOUT, || {
+                    format!("no answer within the route's timeout ({:?})", route.timeout)
+                });
                 local_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the backend did not answer within the route's timeout",
