@@ -486,18 +486,22 @@ async fn backend_failures_are_logged_at_warn_once_a_second() {
     let closed = closed_port().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.yaml");
-    std::fs::write(
-        &file,
-        route_yaml("", &[("gone", format!("http://{closed}"), 1)]),
-    )
-    .unwrap();
+    // A second route to the same address shares its connection pool, not
+    // its log lines.
+    let yaml = route_yaml("", &[("gone", format!("http://{closed}"), 1)]).replace(
+        "routes:\n",
+        &format!(
+            "routes:\n  - {{ name: other, match: {{ path_prefix: /other }}, backends: [{{ name: also, url: \"http://{closed}\" }}] }}\n"
+        ),
+    );
+    std::fs::write(&file, yaml).unwrap();
     let (_proc, proxy, _admin, log) = run_binary_logged(&file, &[]);
     let c = client();
     let warnings = || -> Vec<serde_json::Value> {
         log.lock()
             .unwrap()
             .iter()
-            .filter(|v| v["level"] == "WARN")
+            .filter(|v| v["level"] == "WARN" && v["fields"]["route"] == "api")
             .cloned()
             .collect()
     };
@@ -506,6 +510,7 @@ async fn backend_failures_are_logged_at_warn_once_a_second() {
         assert_eq!(get(&c, &format!("http://{proxy}/"), &[]).await.0, 502);
     }
     let burst = started.elapsed();
+    assert_eq!(get(&c, &format!("http://{proxy}/other"), &[]).await.0, 502);
     // A second later the next failure is logged again, with the count of
     // those left out.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -526,6 +531,19 @@ async fn backend_failures_are_logged_at_warn_once_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let other: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["level"] == "WARN" && v["fields"]["route"] == "other")
+        .cloned()
+        .collect();
+    assert_eq!(
+        other.len(),
+        1,
+        "the other route's failure has its own line: {other:?}"
+    );
+    assert_eq!(other[0]["fields"]["unlogged"], 0);
     let first = &lines[0]["fields"];
     assert_eq!(first["backend"], "gone");
     assert_eq!(first["status"], 502);

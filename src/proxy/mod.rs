@@ -278,7 +278,8 @@ impl Served<'_> {
         E: std::fmt::Display,
     {
         let (limits, peer) = (self.limits, self.peer);
-        tokio::pin!(conn);
+        // Boxed so that it can be dropped before the streams are finished.
+        let mut conn = Box::pin(conn);
         // Once a graceful close has begun, the client gets a bounded time to
         // finish (an HTTP/2 peer that never answers GOAWAY, a head that never
         // completes); draining on shutdown is bounded by drain_timeout as well.
@@ -323,9 +324,12 @@ impl Served<'_> {
                 }
             }
         }
-        // Streams still in flight when the connection failed under them end
-        // on their own: the backend answers or their route timeout fires.
-        streams.finish().await;
+        // Streams still in flight when the connection failed under them:
+        // with the connection gone, hyper cancels them at their next poll
+        // (each looks for a reset while its response is pending), and one
+        // writing a body finds its stream closed. Bounded all the same.
+        drop(conn);
+        let _ = tokio::time::timeout(limits.drain_timeout, streams.finish()).await;
     }
 }
 

@@ -23,9 +23,9 @@ use super::mirror;
 use crate::access_log::{AccessLog, Entry, Host};
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::config::{Forwarded, Protocol};
-use crate::stats::Class;
+use crate::stats::{failures, Class};
 use crate::table::Table;
-use crate::upstream::{failures, Failure};
+use crate::upstream::Failure;
 
 /// Serves one downstream connection's requests. Cloned into every request's
 /// future, so it is one reference count of the connection's own: the
@@ -109,16 +109,16 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-/// Logs a backend's failure at warn, at most once a second per backend
-/// (see [`failures`]); `cause` is worked out only for a line that is
-/// written. Every failure also has a line at debug.
+/// Logs a backend's failure at warn, at most once a second per backend of
+/// a route (see [`failures`]); `cause` is worked out only for a line that
+/// is written. Every failure also has a line at debug.
 fn warn_failure(
     route: &crate::table::Route,
     backend: &crate::table::Backend,
     status: StatusCode,
     cause: impl FnOnce() -> String,
 ) {
-    if let Some(unlogged) = backend.pool.failures.admit(crate::clock::coarse_ms()) {
+    if let Some(unlogged) = backend.stats.failures.admit(crate::clock::coarse_ms()) {
         tracing::warn!(
             route = %route.name,
             backend = %backend.name,

@@ -15,7 +15,8 @@
 //! per connection either way. A stream still in flight when the connection
 //! ends is run to its end before the connection's task returns, as a
 //! spawned one would have been; so the worker's count of open connections
-//! also covers their last requests.
+//! also covers their last requests. (A panic in a stream would take its
+//! siblings with it, but a release build aborts on panic anyway.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,7 +80,7 @@ impl Streams {
     pub async fn finish(&mut self) {
         std::future::poll_fn(|cx| {
             self.poll_streams(cx);
-            if self.running.is_empty() {
+            if self.running.is_empty() && self.spawner.0.is_empty() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -89,13 +90,23 @@ impl Streams {
     }
 
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        while let Some(stream) = self.spawner.0.pop() {
-            self.running.push(stream);
+        // A stream may hand hyper's executor a task of its own while it is
+        // polled (a CONNECT's tunnel): the queue is looked at again until
+        // it stays empty, within a bound, past which the task yields and
+        // comes back.
+        for _ in 0..16 {
+            while let Some(stream) = self.spawner.0.pop() {
+                self.running.push(stream);
+            }
+            // Ready(Some) for each stream that ended; Pending once none is
+            // ready (the set then wakes this task when one is);
+            // Ready(None) when none is left.
+            while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
+            if self.spawner.0.is_empty() {
+                return;
+            }
         }
-        // Ready(Some) for each stream that ended; Pending once none is
-        // ready (the set then wakes this task when one is); Ready(None)
-        // when none is left.
-        while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
+        cx.waker().wake_by_ref();
     }
 }
 
@@ -153,6 +164,53 @@ mod tests {
         streams.finish().await;
         assert_eq!(polled.load(Relaxed), 2, "the stream ran to its end");
         assert!(streams.running.is_empty());
+    }
+
+    /// A connection stand-in that opens one stream, whose first poll hands
+    /// the executor a task of its own (as hyper does with a CONNECT's
+    /// tunnel), and does not wake itself.
+    struct Nesting {
+        spawner: Spawner,
+        opened: bool,
+        polled: Arc<AtomicUsize>,
+    }
+
+    impl Future for Nesting {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if !self.opened {
+                self.opened = true;
+                let (spawner, polled) = (self.spawner.clone(), self.polled.clone());
+                self.spawner.execute(async move {
+                    let polled = polled.clone();
+                    spawner.execute(async move {
+                        polled.fetch_add(1, Relaxed);
+                    });
+                });
+            }
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_queued_by_a_stream_is_polled_in_the_same_pass() {
+        let mut streams = Streams::default();
+        let polled = Arc::new(AtomicUsize::new(0));
+        let mut conn = Nesting {
+            spawner: streams.spawner(),
+            opened: false,
+            polled: polled.clone(),
+        };
+        let mut conn = Pin::new(&mut conn);
+        let pass =
+            std::future::poll_fn(|cx| Poll::Ready(streams.poll_with(conn.as_mut(), cx))).await;
+        assert!(pass.is_pending());
+        assert_eq!(
+            polled.load(Relaxed),
+            1,
+            "nothing would wake the connection for it later"
+        );
+        assert!(streams.running.is_empty() && streams.spawner.0.is_empty());
     }
 
     #[tokio::test]

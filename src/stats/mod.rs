@@ -3,6 +3,7 @@
 //! counts, from which `/metrics` renders the Prometheus request counters and
 //! latency histogram at scrape time (see [`prom::render_backends`]).
 
+pub mod failures;
 pub mod prom;
 pub mod window;
 
@@ -21,6 +22,8 @@ pub use crate::clock::now_sec;
 pub struct BackendStats {
     pub window: Window,
     pub lifetime: Arc<Lifetime>,
+    /// Failures for the log (at most a line a second).
+    pub failures: Arc<failures::FailureLog>,
 }
 
 impl std::fmt::Debug for BackendStats {
@@ -36,6 +39,7 @@ impl BackendStats {
         Arc::new(BackendStats {
             window: Window::new(span),
             lifetime: Arc::default(),
+            failures: Arc::default(),
         })
     }
 
@@ -45,6 +49,7 @@ impl BackendStats {
         Arc::new(BackendStats {
             window: Window::new(span),
             lifetime: self.lifetime.clone(),
+            failures: self.failures.clone(),
         })
     }
 

@@ -18,7 +18,6 @@
 //! throughput with two workers.
 
 mod chunked;
-pub mod failures;
 pub mod h1;
 mod h2;
 pub mod tls;
@@ -69,9 +68,6 @@ pub struct Pool {
     /// carry traffic.
     idle: Box<[SegQueue<Idle>]>,
     h2: Option<h2::Conns>,
-    /// Its failures, for the log. Kept with the pool, so across table
-    /// changes, as the connections are.
-    pub failures: failures::FailureLog,
 }
 
 struct Idle {
@@ -159,7 +155,6 @@ impl Pool {
             idle_per_worker: MAX_IDLE.div_ceil(workers),
             idle: (0..workers).map(|_| SegQueue::new()).collect(),
             h2,
-            failures: failures::FailureLog::default(),
         }
     }
 
