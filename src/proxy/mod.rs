@@ -218,25 +218,23 @@ async fn serve_connection<I>(
     let service =
         hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req));
     let io = TokioIo::new(io);
-    let mut streams = streams::Streams::default();
     let served = Served {
         state: &state,
         limits: &limits,
         peer,
         shutdown,
+        streams: streams::Streams::default(),
     };
     if http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(streams.spawner());
+        let mut builder = hyper::server::conn::http2::Builder::new(served.streams.spawner());
         builder
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(limits.max_header_bytes as u32);
         let conn = builder.serve_connection(io, service);
-        served
-            .drive(conn, |c| c.graceful_shutdown(), &mut streams)
-            .await;
+        served.drive(conn, |c| c.graceful_shutdown()).await;
         return;
     }
-    let mut builder = auto::Builder::new(streams.spawner());
+    let mut builder = auto::Builder::new(served.streams.spawner());
     builder
         .http1()
         // The read buffer bounds the request head: a head that does not fit
@@ -251,9 +249,7 @@ async fn serve_connection<I>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
     let conn = builder.serve_connection(io, service);
-    served
-        .drive(conn, |c| c.graceful_shutdown(), &mut streams)
-        .await;
+    served.drive(conn, |c| c.graceful_shutdown()).await;
 }
 
 /// What a connection served by hyper is watched with.
@@ -262,22 +258,20 @@ struct Served<'a> {
     limits: &'a crate::config::Limits,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    /// The connection's HTTP/2 streams, run by its task.
+    streams: streams::Streams,
 }
 
 impl Served<'_> {
     /// Runs hyper's connection `conn` and its HTTP/2 streams to the end,
     /// closing it gracefully (`graceful`) at shutdown or when the
     /// watchdog says so.
-    async fn drive<C, E>(
-        mut self,
-        conn: C,
-        graceful: impl Fn(Pin<&mut C>),
-        streams: &mut streams::Streams,
-    ) where
+    async fn drive<C, E>(mut self, conn: C, graceful: impl Fn(Pin<&mut C>))
+    where
         C: std::future::Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
-        let (limits, peer) = (self.limits, self.peer);
+        let (limits, peer, streams) = (self.limits, self.peer, &mut self.streams);
         // Boxed so that it can be dropped before the streams are finished.
         let mut conn = Box::pin(conn);
         // Once a graceful close has begun, the client gets a bounded time to

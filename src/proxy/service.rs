@@ -109,15 +109,17 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-/// Logs a backend's failure at warn, at most once a second per backend of
-/// a route (see [`failures`]); `cause` is worked out only for a line that
-/// is written. Every failure also has a line at debug.
-fn warn_failure(
+/// Records a request the backend failed as its error, and logs it at
+/// warn, at most once a second per backend of a route (see [`failures`]);
+/// `cause` is worked out only for a line that is written.
+fn backend_failed(
     route: &crate::table::Route,
     backend: &crate::table::Backend,
+    latency: std::time::Duration,
     status: StatusCode,
     cause: impl FnOnce() -> String,
 ) {
+    backend.stats.record(Class::Error, latency);
     if let Some(unlogged) = backend.stats.failures.admit(crate::clock::coarse_ms()) {
         tracing::warn!(
             route = %route.name,
@@ -437,13 +439,9 @@ impl ProxyService {
                     "request was not received within limits.request_timeout",
                 ),
                 Failure::Timeout => {
-                    backend.stats.record(Class::Error, latency);
                     tracing::debug!(route = %route.name, backend = %backend.name, error = %e, "upstream connect timeout");
-                    warn_failure(route, backend, StatusCode::GATEWAY_TIMEOUT, || {
-                        format!(
-                            "no connection within connect_timeout: {}",
-                            failures::chain(&e)
-                        )
+                    backend_failed(route, backend, latency, StatusCode::GATEWAY_TIMEOUT, || {
+                        format!("timed out: {}", failures::chain(&e))
                     });
                     local_response(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -451,9 +449,8 @@ impl ProxyService {
                     )
                 }
                 Failure::Broken => {
-                    backend.stats.record(Class::Error, latency);
                     tracing::debug!(route = %route.name, backend = %backend.name, error = ?e, "upstream failed");
-                    warn_failure(route, backend, StatusCode::BAD_GATEWAY, || {
+                    backend_failed(route, backend, latency, StatusCode::BAD_GATEWAY, || {
                         failures::chain(&e)
                     });
                     local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
@@ -468,8 +465,7 @@ impl ProxyService {
                 )
             }
             Err(_) => {
-                backend.stats.record(Class::Error, latency);
-                warn_failure(route, backend, StatusCode::GATEWAY_TIMEOUT, || {
+                backend_failed(route, backend, latency, StatusCode::GATEWAY_TIMEOUT, || {
                     format!("no answer within the route's timeout ({:?})", route.timeout)
                 });
                 local_response(

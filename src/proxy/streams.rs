@@ -12,11 +12,13 @@
 //!
 //! The streams of one connection then share its task's turn and its coop
 //! budget, which is fair between connections, as the worker runs one task
-//! per connection either way. A stream still in flight when the connection
-//! ends is run to its end before the connection's task returns, as a
-//! spawned one would have been; so the worker's count of open connections
-//! also covers their last requests. (A panic in a stream would take its
-//! siblings with it, but a release build aborts on panic anyway.)
+//! per connection either way. A graceful close (GOAWAY, a drain) ends
+//! hyper's connection only once its streams have answered. A stream still
+//! in flight when the connection fails is polled until it ends, within
+//! `drain_timeout`, before the connection's task returns: with the
+//! connection gone, hyper cancels it at its next poll, as it would a
+//! spawned one. (A panic in a stream would take its siblings with it, but
+//! a release build aborts on panic anyway.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -76,7 +78,7 @@ impl Streams {
         done
     }
 
-    /// Runs every stream still in flight to its end.
+    /// Polls the streams still in flight until every one has ended.
     pub async fn finish(&mut self) {
         std::future::poll_fn(|cx| {
             self.poll_streams(cx);
