@@ -339,8 +339,9 @@ impl Ctl {
             )
             .await?;
         let s: Status = parse(&reply)?;
+        let note = s.note.clone().map_or(String::new(), |n| format!(" ({n})"));
         Ok(format!(
-            "{route}: {action} done\n{}",
+            "{route}: {action} done{note}\n{}",
             format_status(&only(s, route))
         ))
     }
@@ -401,6 +402,15 @@ fn format_rollout(out: &mut String, r: &crate::rollout::controller::RolloutView)
     if let Some(h) = &r.held {
         out.push_str(&format!("  held: {h}\n"));
     }
+    if let Some(f) = &r.fleet {
+        out.push_str(&format!(
+            "  fleet: rollout {} since {}, evidence {}{}\n",
+            r.id,
+            f.started.as_deref().unwrap_or("-"),
+            f.evidence,
+            f.local.as_ref().map_or(String::new(), |l| format!("; {l}"))
+        ));
+    }
     if let Some(rb) = &r.last_rollback {
         out.push_str(&format!("  last rollback: {rb}\n"));
     }
@@ -457,6 +467,23 @@ pub fn format_status(s: &Status) -> String {
         "sluice {} · table version {} · last {}s\n",
         s.version, s.config_version, s.window_seconds
     );
+    if let Some(f) = &s.fleet {
+        let seen: Vec<String> = f.digests.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+        out.push_str(&format!(
+            "fleet {} · {} replicas · config {} ({})\n",
+            f.selector,
+            f.replicas.map_or("?".into(), |n| n.to_string()),
+            f.digest,
+            if f.agreed {
+                "every replica serves it".to_string()
+            } else {
+                format!("replicas serve: {}", seen.join(", "))
+            }
+        ));
+        if let Some(e) = &f.error {
+            out.push_str(&format!("fleet: Prometheus: {e}\n"));
+        }
+    }
     for r in &s.routes {
         out.push_str(&format!(
             "\nroute {} (baseline {}{})\n",

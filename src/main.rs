@@ -147,6 +147,16 @@ fn check(path: &std::path::Path) -> ExitCode {
                     ""
                 }
             );
+            if let Some(f) = &cfg.fleet {
+                println!(
+                    "  fleet: rollouts judged on the pooled numbers of {{{}}} in {}, read {} behind each tick; {}",
+                    f.matchers,
+                    f.prometheus,
+                    sluice::config::duration::format(f.lag),
+                    f.replicas.map_or("replicas counted in Prometheus".to_string(), |n| format!("{n} replicas"))
+                );
+            }
+            println!("  digest: {}", cfg.digest);
             match &cfg.access_log {
                 None => {}
                 Some(sluice::config::AccessLogTarget::Stdout) => {

@@ -55,6 +55,14 @@ pub struct Backend {
     pub stats: Arc<BackendStats>,
 }
 
+impl Backend {
+    /// The backend's base URL, as the reports and status show it.
+    pub fn url(&self) -> String {
+        let scheme = if self.pool.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.pool.origin)
+    }
+}
+
 impl Route {
     /// Whether this route takes a request; `host` is lowercase without port.
     fn matches(&self, host: &str, path: &str, headers: &HeaderMap) -> bool {

@@ -130,6 +130,13 @@ fn check_accepts_every_example_config() {
                     "{stdout}"
                 );
             }
+            if path.ends_with("fleet.yaml") {
+                assert!(
+                    stdout.contains("fleet: rollouts judged on the pooled numbers of {job=\"sluice\", fleet=\"checkout\"} in http://127.0.0.1:9090, read 20s behind each tick"),
+                    "{stdout}"
+                );
+            }
+            assert!(stdout.contains("digest: "), "{stdout}");
             checked += 1;
         }
     }
@@ -341,6 +348,36 @@ fn demo_serves_on_loopback_and_prints_its_urls() {
         assert!(page.contains("<title>sluice</title>"));
     });
     signal(&child.0, "-TERM");
+}
+
+/// The shipped alerts parse, and their unit tests pass under a real
+/// promtool (Debian's prometheus package): each fires on its condition and
+/// stays silent on a healthy fleet (replicas whose config versions differ,
+/// a rollback followed by the others).
+#[test]
+fn shipped_alerts_fire_on_their_conditions_and_not_on_a_healthy_fleet() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec![
+            "test",
+            "rules",
+            "alerts_test.yml",
+            "alerts_stalled_test.yml",
+        ],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The configs inside the Kubernetes manifests stay valid as the schema

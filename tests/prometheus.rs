@@ -3,98 +3,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use support::prometheus::Prometheus;
 use support::*;
-
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_prometheus(scrape: std::net::SocketAddr) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 500ms, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: sluice\n    scrape_interval: 500ms\n    static_configs: [{{ targets: [\"{scrape}\"] }}]\n"
-        ),
-    )
-    .unwrap();
-    let port = closed_port().await.port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the prometheus binary (Debian package prometheus; scripts/test.sh installs it)");
-    let p = Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let c = client();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            c.request(
-                http::Request::get(format!("{}/-/ready", p.url))
-                    .body(Default::default())
-                    .unwrap(),
-            ),
-        )
-        .await
-        {
-            if r.status() == 200 {
-                return p;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prometheus did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One instant query's single value; NaN when the result is empty.
-async fn query(prom: &Prometheus, promql: &str) -> f64 {
-    let encoded: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (status, body) = get(
-        &client(),
-        &format!("{}/api/v1/query?query={encoded}", prom.url),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "{promql}: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["data"]["result"][0]["value"][1]
-        .as_str()
-        .map_or(f64::NAN, |s| s.parse().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
@@ -113,7 +26,12 @@ async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
     let file = dir.path().join("sluice.yaml");
     std::fs::write(&file, base("http://127.0.0.1:1")).unwrap();
     let p = start_proxy_file(&file).await;
-    let prom = start_prometheus(p.admin_addr).await;
+    let prom = Prometheus::start(
+        None,
+        Duration::from_millis(500),
+        &[p.admin_addr.to_string()],
+    )
+    .await;
     std::fs::write(&file, base(&prom.url)).unwrap();
     let load = Load::start(
         format!("http://{}/", p.proxy_addr()),
@@ -136,15 +54,14 @@ async fn a_prometheus_gate_reads_the_fleet_numbers_and_decides() {
     // the slowest edge.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let counted = "sum(sluice_request_duration_seconds_count{route=\"api\"}) > 0";
-    while query(&prom, counted).await.is_nan() {
+    while prom.query(counted).await.is_nan() {
         assert!(
             std::time::Instant::now() < deadline,
             "prometheus never scraped a latency count"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let median = query(
-        &prom,
+    let median = prom.query(
         "histogram_quantile(0.5, sum by (le) (sluice_request_duration_seconds_bucket{route=\"api\"}))",
     )
     .await;

@@ -28,6 +28,9 @@ use crate::rollout::controller::{Action, ActionError};
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// Said with every answer to an action in a fleet.
+const FLEET_NOTE: &str = "acted on this replica only; the fleet acts through the shared config (rollout.paused, rollout.action, rollout.generation)";
+
 /// What the admin handlers share.
 pub struct Admin {
     pub connections: Arc<crate::proxy::Connections>,
@@ -187,6 +190,9 @@ impl Admin {
                             .map(move |b| (&*r.name, &*b.name, &*b.stats))
                     }),
                 );
+                out.push('\n');
+                crate::stats::prom::render_config_info(&mut out, &table.config.digest);
+                self.rollouts.render_metrics(&mut out, &table);
                 text(StatusCode::OK, "text/plain; version=0.0.4", out)
             }
             (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status(&control.current())),
@@ -351,12 +357,17 @@ impl Admin {
         }
     }
 
+    /// In a fleet, an action through the admin API is this process's alone.
     fn acted(&self, result: Result<(), ActionError>, route: &str) -> Reply {
         match result {
-            Ok(()) => json(
-                StatusCode::OK,
-                &self.status_of(&self.control.current(), Some(route)),
-            ),
+            Ok(()) => {
+                let table = self.control.current();
+                let mut s = self.status_of(&table, Some(route));
+                if table.config.fleet.is_some() {
+                    s.note = Some(FLEET_NOTE.into());
+                }
+                json(StatusCode::OK, &s)
+            }
             Err(ActionError::NoRollout(r)) => {
                 error(StatusCode::NOT_FOUND, format!("route {r} has no rollout"))
             }
@@ -378,6 +389,7 @@ impl Admin {
         for r in &mut s.routes {
             r.rollout = self.rollouts.view(&r.name);
         }
+        s.fleet = self.rollouts.fleet_status(table);
         s
     }
 }

@@ -19,6 +19,13 @@ pub struct Status {
     #[serde(default)]
     pub connections: ConnectionsStatus,
     pub routes: Vec<RouteStatus>,
+    /// The fleet this process is a replica of, when `fleet:` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::rollout::controller::FleetStatus>,
+    /// What an answer to an action needs said (in a fleet: that it acted
+    /// on this replica only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Client connections on every listener.
@@ -85,7 +92,7 @@ pub fn status_of(table: &Table, only: Option<&str>) -> Status {
                         };
                         BackendStatus {
                             name: b.name.to_string(),
-                            url: format!("http://{}", b.pool.origin),
+                            url: b.url(),
                             weight: b.weight,
                             share: round3(b.weight as f64 * 100.0 / total.max(1) as f64),
                             requests: snap.requests(),
@@ -110,6 +117,8 @@ pub fn status_of(table: &Table, only: Option<&str>) -> Status {
         window_seconds: STATUS_SPAN.as_secs(),
         connections: ConnectionsStatus::default(),
         routes,
+        fleet: None,
+        note: None,
     }
 }
 

@@ -159,6 +159,59 @@ pub struct Config {
     /// controllers need not look through ten thousand routes after every
     /// change; a change of weights cannot change it, and shares it.
     pub fingerprints: Arc<std::collections::BTreeMap<String, String>>,
+    /// The fleet this process is a replica of, if any.
+    pub fleet: Option<Arc<FleetConfig>>,
+    /// What identifies the document across replicas: equal on every replica
+    /// that serves the same config (see [`digest`]).
+    pub digest: Arc<str>,
+}
+
+/// A validated `fleet:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Base URL, without a trailing slash.
+    pub prometheus: String,
+    /// The label matchers inside the braces (`job="sluice",fleet="a"`),
+    /// possibly empty.
+    pub matchers: String,
+    pub lag: Duration,
+    /// Configured replica count; counted in Prometheus when `None`.
+    pub replicas: Option<u32>,
+}
+
+impl FleetConfig {
+    /// A series selector of this fleet with more matchers.
+    pub fn select(&self, metric: &str, more: &str) -> String {
+        let sep = if self.matchers.is_empty() || more.is_empty() {
+            ""
+        } else {
+            ","
+        };
+        format!("{metric}{{{}{sep}{more}}}", self.matchers)
+    }
+}
+
+/// The digest of a document as the fleet compares it: everything but the
+/// sections bound to one process (listeners, admin, state_dir, access_log)
+/// and the weights of routes a rollout drives (the controller moves them,
+/// replicas a tick apart differ there). Two replicas that loaded the same
+/// file have the same digest.
+pub fn digest(document: &raw::Document) -> String {
+    let mut d = document.clone();
+    d.listeners.clear();
+    d.admin = None;
+    d.state_dir = None;
+    d.access_log = None;
+    for i in 0..d.routes.len() {
+        if d.routes[i].rollout.is_some() {
+            let r = Arc::make_mut(d.routes.get_mut(i).expect("in range"));
+            for b in &mut r.backends {
+                b.weight = 0;
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(&d).expect("a document serializes");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

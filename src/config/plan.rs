@@ -23,6 +23,29 @@ pub struct Plan {
     pub sustained: Option<Duration>,
     pub windows: Vec<DeployWindow>,
     pub started_at: Option<jiff::Timestamp>,
+    /// `paused: true`: hold on every replica while set.
+    pub paused: bool,
+    /// `action:` promote or abort, applied once by every replica at the
+    /// same tick (restart is part of the rollout's id instead).
+    pub action: Option<ConfigAction>,
+}
+
+/// A rollout action written in the shared config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigAction {
+    Promote,
+    Abort,
+    Restart,
+}
+
+impl ConfigAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConfigAction::Promote => "promote",
+            ConfigAction::Abort => "abort",
+            ConfigAction::Restart => "restart",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,10 +349,25 @@ pub fn plan(
                 None
             }
         });
+    let action = match r.action.as_deref() {
+        None => None,
+        Some("promote") => Some(ConfigAction::Promote),
+        Some("abort") => Some(ConfigAction::Abort),
+        Some("restart") => Some(ConfigAction::Restart),
+        Some(other) => {
+            c.problem(
+                "action",
+                format!("\"{other}\" is not one of promote, abort, restart"),
+            );
+            None
+        }
+    };
     if p.len() > before {
         return None;
     }
     Some(Plan {
+        paused: r.paused.unwrap_or(false),
+        action,
         baseline,
         canary,
         stages,
@@ -648,11 +686,36 @@ fn deploy_window(w: &raw::DeployWindow, base: &str, c: &mut Ctx) -> Option<Deplo
     Some(DeployWindow { days, from, to, tz })
 }
 
-/// What identifies one rollout: its baseline, its canary and the canary's
-/// address. A reload that changes none of them keeps the rollout where it
-/// is; a new canary address is a new deploy and starts a new rollout.
+/// The rollout's id: what identifies one rollout on every replica of a
+/// fleet. It is made of the route, the baseline and canary with their
+/// addresses, the plan and its restart generation (`generation`, and
+/// `action: restart`), so a new canary address, a new plan or a restart is
+/// a new rollout whose progress no earlier one's state touches; `paused`
+/// and the other actions are not part of it, and a reload that changes
+/// none of these keeps the rollout where it is.
 pub fn fingerprint(route: &raw::Route) -> Option<String> {
     let r = route.rollout.as_ref()?;
-    let url = &route.backends.iter().find(|b| b.name == r.canary)?.url;
-    Some(format!("{}|{}|{}", r.baseline, r.canary, url))
+    let url_of = |name: &str| {
+        route
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| &b.url)
+    };
+    let canary = url_of(&r.canary)?;
+    let baseline = url_of(&r.baseline).map_or("", |u| u.as_str());
+    let mut plan = r.clone();
+    plan.paused = None;
+    if plan.action.as_deref() != Some("restart") {
+        plan.action = None;
+    }
+    let plan = serde_json::to_string(&plan).expect("a rollout section serializes");
+    let text = format!(
+        "{}\n{}={baseline}\n{}={canary}\n{plan}",
+        route.name, r.baseline, r.canary
+    );
+    Some(format!(
+        "{:012x}",
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 16
+    ))
 }

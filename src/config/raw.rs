@@ -24,10 +24,32 @@ pub struct Document {
     pub forwarded: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Many replicas, one rollout: where the fleet's numbers are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
     /// Shared, so a change to one route of a large table copies that route
     /// (and its chunk) alone, not all of them.
     #[serde(default)]
     pub routes: crate::shared_vec::SharedVec<std::sync::Arc<Route>>,
+}
+
+/// The fleet this replica belongs to: every replica scraped by one
+/// Prometheus, whose sums are the evidence every replica judges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// Base URL of the Prometheus server that scrapes every replica.
+    pub prometheus: String,
+    /// Label matchers of this fleet's series, as `{job="sluice", fleet="checkout"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Ticks read the fleet's numbers this long before the tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+    /// How many replicas share the local rollback's error budget; counted
+    /// in Prometheus when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// One JSON line per request, written off the request path.
@@ -206,6 +228,16 @@ pub struct Rollout {
     pub windows: Vec<DeployWindow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// Holds the rollout on every replica while true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// A fleet-wide action: `promote`, `abort` or `restart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Part of the rollout's identity: a new number is a new rollout of
+    /// the same canary, from stage 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

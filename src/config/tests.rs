@@ -134,3 +134,66 @@ fn a_mirror_names_a_backend_of_its_route_and_a_share() {
         .to_string();
     assert!(err.contains("non-finite float `.nan` rejected"), "{err}");
 }
+
+const FLEET_ROUTE: &str = "listeners: [{ addr: \"127.0.0.1:0\" }]\nroutes:\n  - name: api\n    backends: [{ name: stable, url: \"http://127.0.0.1:1\" }, { name: canary, url: \"http://127.0.0.1:2\", weight: 0 }]\n    rollout: { baseline: stable, canary: canary, gates: { success_rate: { critical: 99 } } }\n";
+
+#[test]
+fn the_digest_is_the_document_less_what_belongs_to_one_process() {
+    let a = check(&format!(
+        "admin: {{ addr: \"127.0.0.1:9901\" }}\n{}",
+        FLEET_ROUTE.replace("127.0.0.1:0", "127.0.0.1:8080")
+    ))
+    .unwrap();
+    // Other ports, another admin and state dir: the same fleet config.
+    let b = check(&format!(
+        "admin: {{ addr: \"127.0.0.1:0\" }}\nstate_dir: elsewhere\n{FLEET_ROUTE}"
+    ))
+    .unwrap();
+    assert_eq!(a.digest, b.digest);
+    // The rollout drives the route's weights: a replica a tick ahead
+    // serves the same config.
+    let mut doc = (*a.document).clone();
+    std::sync::Arc::make_mut(doc.routes.get_mut(0).unwrap()).backends[1].weight = 10;
+    assert_eq!(super::digest(&doc), *a.digest);
+    // Anything else is another config: a pause, a timeout.
+    let paused =
+        check(&FLEET_ROUTE.replace("canary: canary,", "canary: canary, paused: true,")).unwrap();
+    assert_ne!(paused.digest, a.digest);
+    // ... and a pause is the same rollout, a generation a new one.
+    assert_eq!(paused.fingerprints, a.fingerprints);
+    let next =
+        check(&FLEET_ROUTE.replace("canary: canary,", "canary: canary, generation: 2,")).unwrap();
+    assert_ne!(next.fingerprints["api"], a.fingerprints["api"]);
+    let moved = check(&FLEET_ROUTE.replace("127.0.0.1:2", "127.0.0.1:3")).unwrap();
+    assert_ne!(moved.fingerprints["api"], a.fingerprints["api"]);
+}
+
+#[test]
+fn the_fleet_section_is_checked() {
+    let ok = check(&format!(
+        "fleet: {{ prometheus: \"http://127.0.0.1:9090/\", selector: '{{job=\"sluice\", fleet=\"a\"}}' }}\n{FLEET_ROUTE}"
+    ))
+    .unwrap();
+    let f = ok.fleet.unwrap();
+    assert_eq!(f.prometheus, "http://127.0.0.1:9090");
+    assert_eq!(f.lag, std::time::Duration::from_secs(10));
+    assert_eq!(
+        f.select("sluice_config_info", "route=\"api\""),
+        "sluice_config_info{job=\"sluice\", fleet=\"a\",route=\"api\"}"
+    );
+    let bad = check(&format!(
+        "fleet: {{ prometheus: \"ftp://x\", selector: 'job=sluice', lag: soon, replicas: 0 }}\n{}",
+        FLEET_ROUTE.replace("canary: canary,", "canary: canary, action: later,")
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "fleet.prometheus: \"ftp://x\" is not an http:// URL",
+        "fleet.selector: \"job=sluice\" is not label matchers in braces",
+        "fleet.lag:",
+        "fleet.replicas: must be at least 1",
+        "routes[0].rollout.action: \"later\" is not one of promote, abort, restart",
+    ] {
+        assert!(bad.contains(want), "{want} missing from:\n{bad}");
+    }
+}

@@ -98,6 +98,7 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         .access_log
         .as_ref()
         .map(|a| access_log(a, base_dir, &mut p));
+    let fleet = document.fleet.as_ref().and_then(|f| fleet(f, &mut p));
     if document.routes.is_empty() {
         p.push(Problem::new("routes", "at least one route is needed"));
     }
@@ -132,7 +133,10 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         .enumerate()
         .map(|(i, r)| (r.name.clone(), i))
         .collect();
+    let digest = super::digest(&document).into();
     Ok(Config {
+        digest,
+        fleet: fleet.map(Arc::new),
         document: Arc::new(document),
         listeners,
         admin: admin.expect("admin is Some when there are no problems"),
@@ -143,6 +147,55 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
         routes,
         by_name: Arc::new(by_name),
         fingerprints: Arc::new(fingerprints),
+    })
+}
+
+fn fleet(f: &raw::Fleet, p: &mut Vec<Problem>) -> Option<super::FleetConfig> {
+    let before = p.len();
+    let url_ok = f
+        .prometheus
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+    if !url_ok {
+        p.push(Problem::new(
+            "fleet.prometheus",
+            format!(
+                "\"{}\" is not an http:// URL of a Prometheus server",
+                f.prometheus
+            ),
+        ));
+    }
+    let matchers = match f.selector.as_deref().map(str::trim) {
+        None | Some("") => String::new(),
+        Some(s) => match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(inner) if !inner.contains(['{', '}']) => {
+                inner.trim().trim_end_matches(',').trim().to_string()
+            }
+            _ => {
+                p.push(Problem::new(
+                    "fleet.selector",
+                    format!("\"{s}\" is not label matchers in braces, as {{job=\"sluice\", fleet=\"checkout\"}}"),
+                ));
+                String::new()
+            }
+        },
+    };
+    let lag = match f.lag.as_deref().map(duration::parse) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.push(Problem::new("fleet.lag", e));
+            Duration::ZERO
+        }
+    };
+    if f.replicas == Some(0) {
+        p.push(Problem::new("fleet.replicas", "must be at least 1"));
+    }
+    (p.len() == before).then(|| super::FleetConfig {
+        prometheus: f.prometheus.trim_end_matches('/').to_string(),
+        matchers,
+        lag,
+        replicas: f.replicas,
     })
 }
 

@@ -16,7 +16,9 @@ use super::decide::{decide, Decision, Judgement};
 use super::gates::{self, Evidence, GateResult, Verdict};
 use super::state::{Incident, Phase, Progress, RolloutState, SmokeResult};
 use super::{prometheus, report, smoke};
-use crate::config::plan::{GateKind, Plan};
+
+mod fleet_tick;
+use crate::config::plan::{ConfigAction, GateKind, Plan};
 use crate::control::{Change, ControlPlane, Rejection};
 use crate::stats::Snapshot;
 use crate::table::Table;
@@ -27,7 +29,10 @@ pub struct Rollouts {
     state_dir: Option<PathBuf>,
     routes: Mutex<HashMap<String, Arc<Controller>>>,
     client: prometheus::PromClient,
+    fleet_seen: Mutex<fleet_tick::FleetSeen>,
 }
+
+pub use fleet_tick::{FleetRolloutView, FleetStatus};
 
 /// A manual action on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +69,13 @@ pub enum ActionError {
 
 struct Controller {
     route: String,
+    /// The rollout's id (see [`crate::config::plan::fingerprint`]).
     fingerprint: String,
+    /// Whether this controller runs as one replica of a fleet.
+    fleet_mode: bool,
     state: Mutex<RolloutState>,
     runtime: Mutex<Runtime>,
+    fleet: Mutex<fleet_tick::FleetRuntime>,
     wake: Notify,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -92,6 +101,16 @@ impl Runtime {
         self.tests = vec![(1, now.clone(), Instant::now())];
         self.stage_start = now;
     }
+}
+
+/// How a rollout ends in a rollback or an abort.
+struct Ending<'a> {
+    phase: Phase,
+    /// The `reason` label of `sluice_rollbacks_total`.
+    kind: &'a str,
+    /// Who ended it, for the journal.
+    actor: &'a str,
+    reason: &'a str,
 }
 
 /// How often criticals on traffic are checked between full ticks.
@@ -132,6 +151,7 @@ impl Rollouts {
             state_dir,
             routes: Mutex::new(HashMap::new()),
             client: prometheus::client(),
+            fleet_seen: Mutex::default(),
         })
     }
 
@@ -152,12 +172,16 @@ impl Rollouts {
         let table = self.control.current();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let wanted = &table.config.fingerprints;
+        let fleet_mode = table.config.fleet.is_some();
         routes.retain(|name, c| {
-            let keep = wanted.get(name) == Some(&c.fingerprint);
+            let keep = wanted.get(name) == Some(&c.fingerprint) && c.fleet_mode == fleet_mode;
             if !keep {
                 c.stop();
-                let why = if wanted.contains_key(name) {
-                    "a new canary was deployed; its rollout starts from stage 1"
+                let why = if c.fleet_mode != fleet_mode && wanted.get(name) == Some(&c.fingerprint)
+                {
+                    "the fleet section changed; the rollout is judged anew"
+                } else if wanted.contains_key(name) {
+                    "a new rollout (canary, plan or generation changed); it starts from stage 1"
                 } else {
                     "the rollout plan was removed from the config"
                 };
@@ -166,7 +190,7 @@ impl Rollouts {
                     "rollout_stopped",
                     "controller",
                     why,
-                    serde_json::Value::Null,
+                    serde_json::json!({ "rollout": c.fingerprint }),
                 );
             }
             keep
@@ -197,6 +221,15 @@ impl Rollouts {
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .filter(|s: &RolloutState| s.fingerprint == fingerprint);
+        let fleet_mode = table.config.fleet.is_some();
+        // A fleet's replica takes its progress from the fleet, not from its
+        // own file; the file still says when the rollout began, and whether
+        // this replica ended it.
+        let (saved, fleet_saved) = if fleet_mode {
+            (None, saved)
+        } else {
+            (saved, None)
+        };
         let resumed = saved.is_some();
         let now = now_ms();
         let state = saved.unwrap_or_else(|| RolloutState {
@@ -214,12 +247,26 @@ impl Rollouts {
             incident: None,
             first_warning_ms: None,
             weights_by_hand: false,
+            fleet_t0_ms: None,
         });
+        let mut fleet_runtime = fleet_tick::FleetRuntime::default();
+        let mut state = state;
+        if let Some(f) = fleet_saved {
+            state.fleet_t0_ms = f.fleet_t0_ms;
+            if matches!(f.progress.phase, Phase::RolledBack | Phase::Aborted) {
+                // This replica ended the rollout: it stays ended, and its
+                // metrics keep telling the fleet.
+                state = f;
+                fleet_runtime.local_ended = true;
+            }
+        }
         let c = Arc::new(Controller {
             route: route.to_string(),
             fingerprint,
+            fleet_mode,
             state: Mutex::new(state),
             runtime: Mutex::new(Runtime::default()),
+            fleet: Mutex::new(fleet_runtime),
             wake: Notify::new(),
             task: Mutex::new(None),
         });
@@ -239,7 +286,7 @@ impl Rollouts {
                     st.progress.stage + 1,
                     st.progress.bake_done_ms
                 ),
-                serde_json::Value::Null,
+                serde_json::json!({ "rollout": st.fingerprint }),
             );
             // Put the route back where the rollout had it, unless a person
             // has set its weights since it finished.
@@ -298,6 +345,9 @@ impl Rollouts {
     }
 
     async fn drive(self: Arc<Self>, c: Arc<Controller>) {
+        if c.fleet_mode {
+            return self.drive_fleet(c).await;
+        }
         let mut next_full = Instant::now();
         loop {
             let Some(plan) = plan_of(&self.control.current(), &c.route) else {
@@ -486,10 +536,14 @@ impl Rollouts {
                 self.roll_back(
                     c,
                     &mut st,
+                    Ending {
+                        phase: Phase::RolledBack,
+                        kind: kind.label(),
+                        actor: "controller",
+                        reason: &reason,
+                    },
                     plan,
                     &table,
-                    kind.label(),
-                    &reason,
                     detected,
                     stage_counts,
                 );
@@ -512,13 +566,18 @@ impl Rollouts {
         &self,
         c: &Controller,
         st: &mut RolloutState,
+        end: Ending<'_>,
         plan: &Plan,
         table: &Table,
-        kind: &str,
-        reason: &str,
         detected_ms: i64,
         stage_counts: Snapshot,
     ) {
+        let Ending {
+            phase,
+            kind,
+            actor,
+            reason,
+        } = end;
         let Some(route) = table.route_named(&c.route) else {
             return;
         };
@@ -534,18 +593,15 @@ impl Rollouts {
                 self.control.current().version
             }
         };
-        if kind == "manual" {
-            st.progress.phase = Phase::Aborted;
-        } else {
-            st.progress.phase = Phase::RolledBack;
-        }
+        st.progress.phase = phase;
         st.held = None;
         let stage = st.progress.stage.min(plan.stages.len() - 1);
         let incident = Incident {
             route: c.route.clone(),
+            rollout: c.fingerprint.clone(),
             baseline: route.backends[plan.baseline].name.to_string(),
             canary: route.backends[plan.canary].name.to_string(),
-            canary_url: format!("http://{}", route.backends[plan.canary].pool.origin),
+            canary_url: route.backends[plan.canary].url(),
             reason: reason.to_string(),
             reason_kind: kind.to_string(),
             stage,
@@ -580,10 +636,11 @@ impl Rollouts {
             .increment(1);
         self.control.journal.record(
             Some(&c.route),
-            if kind == "manual" { "aborted" } else { "rolled_back" },
-            if kind == "manual" { "admin" } else { "controller" },
+            phase.label(),
+            actor,
             format!("rolled back to {}: {reason}", incident.baseline),
             serde_json::json!({
+                "rollout": c.fingerprint,
                 "reason": kind,
                 "detected_ms": detected_ms, "decided_ms": decided_ms, "completed_ms": completed_ms,
                 "swap_us": swap_us, "table_version": version,
@@ -623,6 +680,10 @@ impl Rollouts {
                 );
             }
         }
+        self.journal_smoke_failures(c, smoke);
+    }
+
+    fn journal_smoke_failures(&self, c: &Controller, smoke: &[SmokeResult]) {
         for s in smoke.iter().filter(|s| !s.ok) {
             self.control.journal.record(
                 Some(&c.route),
@@ -734,6 +795,27 @@ impl Rollouts {
         let table = self.control.current();
         let plan =
             plan_of(&table, route).ok_or_else(|| ActionError::NoRollout(route.to_string()))?;
+        if c.fleet_mode
+            && matches!(
+                action,
+                Action::Pause | Action::Resume | Action::Promote | Action::Restart
+            )
+        {
+            self.act_in_fleet(&c, &plan, &table, action)?;
+            let what = format!("{action:?}").to_lowercase();
+            self.control.journal.record(
+                Some(route),
+                &what,
+                actor,
+                format!("rollout {what} by hand on this replica only (a fleet acts through the shared config)"),
+                serde_json::json!({ "rollout": c.fingerprint, "scope": "replica" }),
+            );
+            let st = c.state.lock().unwrap().clone();
+            self.persist(&st);
+            self.update_metrics(&c);
+            c.wake.notify_one();
+            return Ok(());
+        }
         let phase = c.state.lock().unwrap().progress.phase;
         let not_now = |what: &str| {
             ActionError::NotNow(format!("cannot {what} a rollout that is {}", phase.label()))
@@ -796,13 +878,22 @@ impl Rollouts {
                     let rt = c.runtime.lock().unwrap();
                     tr_canary_lifetime(&table, route).since(&rt.stage_start)
                 };
+                let reason = if c.fleet_mode {
+                    format!("aborted by hand ({actor}) on this replica; the fleet follows")
+                } else {
+                    format!("aborted by hand ({actor})")
+                };
                 self.roll_back(
                     &c,
                     &mut st,
+                    Ending {
+                        phase: Phase::Aborted,
+                        kind: "manual",
+                        actor,
+                        reason: &reason,
+                    },
                     &plan,
                     &table,
-                    "manual",
-                    &format!("aborted by hand ({actor})"),
                     now_ms(),
                     counts,
                 );
@@ -820,7 +911,7 @@ impl Rollouts {
                 &what,
                 actor,
                 format!("rollout {what} by hand"),
-                serde_json::Value::Null,
+                serde_json::json!({ "rollout": c.fingerprint }),
             );
         }
         self.update_metrics(&c);
@@ -855,10 +946,13 @@ impl Rollouts {
         let c = self.controller(route).ok()?;
         let table = self.control.current();
         let plan = plan_of(&table, route)?;
+        let fleet = self.fleet_view(&c);
         let st = c.state.lock().unwrap();
         let stage = st.progress.stage.min(plan.stages.len() - 1);
         let bake = plan.stages[stage].bake;
         Some(RolloutView {
+            id: c.fingerprint.clone(),
+            fleet,
             state: st.progress.phase.label().to_string(),
             stage: stage + 1,
             stages: plan.stages.len(),
@@ -875,6 +969,71 @@ impl Rollouts {
             smoke: st.smoke.clone(),
             last_rollback: st.incident.as_ref().map(|i| i.reason.clone()),
         })
+    }
+
+    /// Appends the rollouts' info series to a `/metrics` exposition:
+    /// `sluice_rollout_info` (what each replica's rollout is, by id, for the
+    /// fleet to follow), `sluice_rollout_started_timestamp_seconds` (its
+    /// first tick, for a joining replica) and `sluice_rollout_requested`
+    /// (what this replica's config asks of it, for the fleet to apply at
+    /// one tick).
+    pub fn render_metrics(&self, out: &mut String, table: &Table) {
+        use std::fmt::Write as _;
+        let routes: Vec<Arc<Controller>> = {
+            let r = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<_> = r.values().cloned().collect();
+            v.sort_by(|a, b| a.route.cmp(&b.route));
+            v
+        };
+        let mut info = String::new();
+        let mut started = String::new();
+        let mut requested = String::new();
+        for c in &routes {
+            let st = c.state.lock().unwrap().clone();
+            let stage = if matches!(st.progress.phase, Phase::Running | Phase::Paused) {
+                st.progress.stage + 1
+            } else {
+                0
+            };
+            let labels = format!("route=\"{}\",rollout=\"{}\"", c.route, c.fingerprint);
+            let _ = writeln!(
+                info,
+                "sluice_rollout_info{{{labels},stage=\"{stage}\",state=\"{}\"}} 1",
+                st.progress.phase.label()
+            );
+            let t0 = if c.fleet_mode {
+                c.fleet.lock().unwrap().track.as_ref().map(|t| t.t0_ms)
+            } else {
+                (st.progress.phase != Phase::Pending).then_some(st.started_ms)
+            };
+            if let Some(t0) = t0 {
+                let _ = writeln!(
+                    started,
+                    "sluice_rollout_started_timestamp_seconds{{{labels}}} {}",
+                    t0 as f64 / 1000.0
+                );
+            }
+            if let Some(plan) = plan_of(table, &c.route) {
+                let asks = [
+                    ("pause", plan.paused),
+                    ("promote", plan.action == Some(ConfigAction::Promote)),
+                    ("abort", plan.action == Some(ConfigAction::Abort)),
+                ];
+                for (request, _) in asks.iter().filter(|(_, on)| *on) {
+                    let _ = writeln!(
+                        requested,
+                        "sluice_rollout_requested{{{labels},request=\"{request}\"}} 1"
+                    );
+                }
+            }
+        }
+        for (name, kind, help, body) in [
+            ("sluice_rollout_info", "gauge", "The rollout of each route: its id, stage (1-based, 0 when not running) and state; always 1.", info),
+            ("sluice_rollout_started_timestamp_seconds", "gauge", "When each rollout began (its first tick), seconds since the epoch.", started),
+            ("sluice_rollout_requested", "gauge", "What this replica's config asks of a rollout (pause, promote, abort); always 1.", requested),
+        ] {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}");
+        }
     }
 
     /// Stops every controller's task.
@@ -912,6 +1071,12 @@ fn tr_canary_lifetime(table: &Table, route: &str) -> Snapshot {
 /// A rollout as `/status` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RolloutView {
+    /// The rollout's id: route, baseline, canary address, plan, generation.
+    #[serde(default)]
+    pub id: String,
+    /// In a fleet: the fleet's start and what this replica does apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetRolloutView>,
     pub state: String,
     pub stage: usize,
     pub stages: usize,

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod decide;
+pub mod fleet;
 pub mod gates;
 pub mod prometheus;
 pub mod report;

@@ -30,32 +30,37 @@ pub fn aligned_time(now_ms: i64, interval: Duration, lag: Duration) -> f64 {
     aligned as f64 / 1000.0
 }
 
-/// Runs an instant query; `Ok(None)` when it returns no sample (or NaN).
-pub async fn query(
+/// How long one query may take, connection included.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// GETs an API path of a Prometheus server and returns its `data`.
+async fn api(
     client: &PromClient,
     base: &str,
-    promql: &str,
-    time: f64,
-) -> Result<Option<f64>, String> {
-    let uri = format!(
-        "{base}/api/v1/query?query={}&time={time:.3}",
-        encode(promql)
-    );
+    path_and_query: &str,
+) -> Result<serde_json::Value, String> {
+    let uri = format!("{base}{path_and_query}");
     let req = http::Request::get(&uri)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+    let fetch = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach {base}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{base} broke off its answer: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(QUERY_TIMEOUT, fetch)
         .await
-        .map_err(|_| format!("{base} did not answer within 5s"))?
-        .map_err(|e| format!("cannot reach {base}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("{base} did not answer within {}s", QUERY_TIMEOUT.as_secs()))??;
+    let mut v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| format!("{base} answered {status} with something that is not JSON: {e}"))?;
     if v["status"] != "success" {
         return Err(format!(
@@ -63,7 +68,81 @@ pub async fn query(
             v["error"].as_str().unwrap_or("unknown error")
         ));
     }
-    let data = &v["data"];
+    Ok(v["data"].take())
+}
+
+/// One series of a range query: its labels and its samples (seconds, value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub samples: Vec<(f64, f64)>,
+}
+
+/// Runs a range query from `start` to `end` (seconds) at `step`: one
+/// evaluation per step, each exactly what an instant query at that time
+/// returns, so a replica that reads the past gets what the others read then.
+pub async fn query_range(
+    client: &PromClient,
+    base: &str,
+    promql: &str,
+    start: f64,
+    end: f64,
+    step: Duration,
+) -> Result<Vec<Series>, String> {
+    let data = api(
+        client,
+        base,
+        &format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={:.3}",
+            encode(promql),
+            step.as_secs_f64()
+        ),
+    )
+    .await?;
+    let Some(result) = data["result"].as_array() else {
+        return Err("a range query answered without a result list".into());
+    };
+    Ok(result
+        .iter()
+        .map(|s| Series {
+            labels: s["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            samples: s["values"]
+                .as_array()
+                .map(|vs| {
+                    vs.iter()
+                        .filter_map(|p| {
+                            let t = p.get(0)?.as_f64()?;
+                            let v = p.get(1)?.as_str()?.parse::<f64>().ok()?;
+                            v.is_finite().then_some((t, v))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Runs an instant query; `Ok(None)` when it returns no sample (or NaN).
+pub async fn query(
+    client: &PromClient,
+    base: &str,
+    promql: &str,
+    time: f64,
+) -> Result<Option<f64>, String> {
+    let data = api(
+        client,
+        base,
+        &format!("/api/v1/query?query={}&time={time:.3}", encode(promql)),
+    )
+    .await?;
+    let data = &data;
     let sample = match data["resultType"].as_str() {
         Some("vector") => data["result"].get(0).map(|s| &s["value"]),
         Some("scalar") => Some(&data["result"]),

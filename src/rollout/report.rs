@@ -43,6 +43,9 @@ pub fn render(i: &Incident) -> String {
     let _ = writeln!(o, "|---|---|");
     let _ = writeln!(o, "| date | {day} |");
     let _ = writeln!(o, "| route | `{}` |", i.route);
+    if !i.rollout.is_empty() {
+        let _ = writeln!(o, "| rollout | `{}` |", i.rollout);
+    }
     let _ = writeln!(o, "| canary | `{}` ({}) |", i.canary, i.canary_url);
     let _ = writeln!(o, "| baseline | `{}` |", i.baseline);
     let _ = writeln!(

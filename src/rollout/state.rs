@@ -76,6 +76,9 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub route: String,
+    /// The rollout's id.
+    #[serde(default)]
+    pub rollout: String,
     pub baseline: String,
     pub canary: String,
     pub canary_url: String,
@@ -126,6 +129,10 @@ pub struct RolloutState {
     /// restart must not put the rollout's weights back.
     #[serde(default)]
     pub weights_by_hand: bool,
+    /// In a fleet: the rollout's first tick (unix ms), so a restarted
+    /// replica knows it even before Prometheus answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_t0_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -183,6 +183,18 @@ pub fn render_backends<'a>(
     }
 }
 
+/// Appends `sluice_config_info{digest}`: equal on every replica that serves
+/// the same config.
+pub fn render_config_info(out: &mut String, digest: &str) {
+    let _ = write!(
+        out,
+        "# HELP sluice_config_info The digest of the config this process serves; always 1.\n\
+         # TYPE sluice_config_info gauge\n\
+         sluice_config_info{{digest=\"{}\"}} 1\n",
+        escape(digest)
+    );
+}
+
 /// A label value as the text format wants it: backslash, double quote and
 /// line feed escaped.
 fn escape(value: &str) -> std::borrow::Cow<'_, str> {

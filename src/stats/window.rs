@@ -411,6 +411,27 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Counts read from Prometheus: by class (in [`Class::ALL`] order) and
+    /// by bucket of `sluice_request_duration_seconds` (one count per edge of
+    /// [`PROM_EDGES_NS`], then above the last; not cumulative). A bucket's
+    /// responses are placed just above its lower edge, so a latency line
+    /// counts a response as slower only when its whole bucket lies above
+    /// the line: coarse evidence never makes a canary look worse than it is.
+    pub fn from_prometheus(classes: [u64; 5], buckets: &[u64; PROM_EDGES_NS.len() + 1]) -> Self {
+        let mut latency = vec![0; BUCKETS];
+        for (i, n) in buckets.iter().enumerate() {
+            let fine = match i {
+                0 => 0,
+                _ => (bucket_of(PROM_EDGES_NS[i - 1] / 1_000) + 1).min(BUCKETS - 1),
+            };
+            latency[fine] += n;
+        }
+        Snapshot {
+            classes,
+            latency: buckets.iter().any(|n| *n > 0).then_some(latency),
+        }
+    }
+
     /// What happened after `earlier` (a snapshot of the same lifetime counters).
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         let latency = match (&self.latency, &earlier.latency) {

@@ -21,6 +21,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub mod prometheus;
+
 /// A TLS server side with this certificate chain and key (PEM), offering
 /// h2 and http/1.1 by ALPN; with `client_ca` (PEM), it requires a client
 /// certificate that CA issued.

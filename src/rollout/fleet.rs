@@ -1,0 +1,585 @@
+//! A fleet's rollout: N replicas, one decision at the same tick.
+//!
+//! Every replica of a fleet records its own traffic and is scraped by one
+//! Prometheus. Ticks lie on the wall-clock grid (`k × interval`); at each
+//! tick a replica reads the fleet's sums at `tick − lag` ([`Reading`]) and
+//! steps a [`Track`], a state machine whose every transition depends on the
+//! plan, the rollout's start tick and the readings alone. So replicas that
+//! read the same numbers hold the same stage and phase at the same tick, and
+//! a replica that joins late replays the readings since the start (one range
+//! query per series) and lands where the others are. No replica talks to
+//! another; Prometheus and the shared config are the only shared parts.
+//!
+//! What is not on the grid: each replica's own fast check (every 100 ms, on
+//! its own traffic, spending `α / (2·replicas)`) and its smoke checks may
+//! roll it back at once; it then exports `rolled_back` in
+//! `sluice_rollout_info`, and every replica follows at the first tick whose
+//! reading shows it. The pooled gates spend the other half of α.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::decide::{decide, Decision, Judgement};
+use super::gates::{self, Evidence, GateResult, Verdict};
+use super::prometheus::{self, PromClient};
+use super::state::{Phase, Progress};
+use crate::config::plan::{GateKind, Plan};
+use crate::config::FleetConfig;
+use crate::stats::window::PROM_EDGES_NS;
+use crate::stats::Snapshot;
+
+/// Buckets of `sluice_request_duration_seconds`, `+Inf` included.
+pub const PROM_BUCKETS: usize = PROM_EDGES_NS.len() + 1;
+
+/// The most steps one range query asks for (Prometheus refuses 11 000).
+const MAX_STEPS: i64 = 10_000;
+
+/// How far back a joining replica looks for the rollout's start.
+const START_LOOKBACK: &str = "7d";
+
+/// One backend's counts summed over the fleet: by class (in
+/// [`crate::stats::Class::ALL`] order) and by latency bucket (not
+/// cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    pub classes: [u64; 5],
+    pub buckets: [u64; PROM_BUCKETS],
+}
+
+impl Counts {
+    /// What happened between `earlier` and these counts.
+    fn since(&self, earlier: &Counts) -> Snapshot {
+        Snapshot::from_prometheus(
+            std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i])),
+            &std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+        )
+    }
+
+    /// Adds the increase from `before` to `now`, field by field. A sum that
+    /// fell (a replica restarted, or left) adds nothing for that field:
+    /// evidence is lost for one tick rather than made up.
+    fn add_increase(&mut self, before: &Counts, now: &Counts) {
+        for i in 0..5 {
+            self.classes[i] += now.classes[i].saturating_sub(before.classes[i]);
+        }
+        for i in 0..PROM_BUCKETS {
+            self.buckets[i] += now.buckets[i].saturating_sub(before.buckets[i]);
+        }
+    }
+}
+
+/// What the fleet showed for one rollout at one tick, read at `tick − lag`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    /// The tick, unix milliseconds on the grid.
+    pub tick_ms: i64,
+    /// The fleet's cumulative counts of the canary and of the baseline;
+    /// `None` when Prometheus had no series for it.
+    pub canary: Option<Counts>,
+    pub baseline: Option<Counts>,
+    /// A replica had this rollout rolled back or aborted.
+    pub ended: Option<Phase>,
+    /// What replicas' configs ask for (`paused`, `action`).
+    pub paused: bool,
+    pub promote: bool,
+    pub abort: bool,
+    /// Prometheus gates' values by gate name.
+    pub prometheus: BTreeMap<String, Option<f64>>,
+}
+
+/// What one step did that the controller must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Nothing,
+    /// The start tick came: stage 1.
+    Started,
+    Advanced(usize),
+    Promoted(String),
+    RolledBack {
+        kind: &'static str,
+        reason: String,
+    },
+    /// Another replica ended the rollout (rolled back or aborted it).
+    Followed(Phase),
+}
+
+/// The fleet's rollout as every replica computes it.
+#[derive(Debug, Clone)]
+pub struct Track {
+    /// The rollout's first tick (unix ms, on the grid).
+    pub t0_ms: i64,
+    /// The next tick to step.
+    pub next_ms: i64,
+    pub progress: Progress,
+    pub stage_started_ms: i64,
+    pub first_warning_ms: Option<i64>,
+    pub held: Option<String>,
+    pub gates: Vec<GateResult>,
+    /// The last reading's cumulative counts (canary, baseline).
+    last: [Option<Counts>; 2],
+    /// Increases summed since t0: immune to counter resets.
+    sums: [Counts; 2],
+    /// Sums at each tick of the last `window`, oldest first.
+    ring: VecDeque<(i64, [Counts; 2])>,
+    /// Open sequential tests: (number, canary sums at their start, tick).
+    tests: Vec<(u32, Counts, i64)>,
+    /// From this tick on, readings show the current stage's traffic.
+    evidence_from_ms: i64,
+    /// The tick the current stage's evidence started at; its bake counts
+    /// from the tick after.
+    evidence_started_ms: Option<i64>,
+}
+
+/// `t` rounded up to the grid of `interval_ms`.
+pub fn grid_ceil(t_ms: i64, interval_ms: i64) -> i64 {
+    let i = interval_ms.max(1);
+    (t_ms + i - 1).div_euclid(i) * i
+}
+
+fn lag_ticks_ms(lag: Duration, interval_ms: i64) -> i64 {
+    grid_ceil(lag.as_millis() as i64, interval_ms)
+}
+
+impl Track {
+    pub fn new(t0_ms: i64) -> Track {
+        Track {
+            t0_ms,
+            next_ms: t0_ms,
+            progress: Progress {
+                phase: Phase::Pending,
+                ..Progress::start()
+            },
+            stage_started_ms: t0_ms,
+            first_warning_ms: None,
+            held: None,
+            gates: Vec::new(),
+            last: [None; 2],
+            sums: [Counts::default(); 2],
+            ring: VecDeque::new(),
+            tests: Vec::new(),
+            evidence_from_ms: t0_ms,
+            evidence_started_ms: None,
+        }
+    }
+
+    fn stage_began(&mut self, tick: i64, lag: Duration, interval_ms: i64) {
+        self.stage_started_ms = tick;
+        self.first_warning_ms = None;
+        self.evidence_from_ms = tick + lag_ticks_ms(lag, interval_ms);
+        self.evidence_started_ms = None;
+    }
+
+    /// Steps one tick. `lag` is the fleet's; the plan's `confidence` is
+    /// spent half here, half by the replicas' own checks.
+    pub fn step(&mut self, plan: &Plan, lag: Duration, r: &Reading) -> Step {
+        let interval_ms = plan.interval.as_millis() as i64;
+        let tick = r.tick_ms;
+        self.next_ms = tick + interval_ms;
+        for (i, now) in [r.canary, r.baseline].into_iter().enumerate() {
+            if let Some(now) = now {
+                if let Some(before) = self.last[i] {
+                    self.sums[i].add_increase(&before, &now);
+                }
+                self.last[i] = Some(now);
+            }
+        }
+        let window_ms = plan.window.as_millis() as i64;
+        self.ring.push_back((tick, self.sums));
+        while self
+            .ring
+            .front()
+            .is_some_and(|(t, _)| *t < tick - window_ms)
+        {
+            self.ring.pop_front();
+        }
+
+        if self.progress.phase == Phase::Pending {
+            if tick < self.t0_ms {
+                return Step::Nothing;
+            }
+            self.progress = Progress::start();
+            self.stage_began(tick, lag, interval_ms);
+            self.held = None;
+            return Step::Started;
+        }
+        if !self.progress.phase.active() {
+            return Step::Nothing;
+        }
+        if let Some(phase) = r.ended {
+            self.progress.phase = phase;
+            self.held = None;
+            return Step::Followed(phase);
+        }
+        if r.abort {
+            self.progress.phase = Phase::Aborted;
+            self.held = None;
+            return Step::RolledBack {
+                kind: "manual",
+                reason: "aborted through the shared config (rollout.action: abort)".into(),
+            };
+        }
+        if r.promote {
+            self.progress.phase = Phase::Promoted;
+            self.held = None;
+            return Step::Promoted(
+                "promoted through the shared config (rollout.action: promote)".into(),
+            );
+        }
+        if r.paused {
+            self.progress.phase = Phase::Paused;
+        } else if self.progress.phase == Phase::Paused {
+            self.progress.phase = Phase::Running;
+        }
+        if self.evidence_started_ms.is_none() && tick >= self.evidence_from_ms {
+            self.evidence_started_ms = Some(tick);
+            self.tests = vec![(1, self.sums[0], tick)];
+        }
+        let baking = self.evidence_started_ms.is_some_and(|t| tick > t);
+        if r.canary.is_none() {
+            self.held = Some("no fleet numbers for the canary in Prometheus yet".into());
+            return Step::Nothing;
+        }
+        if let Some(&(k, _, at)) = self.tests.last() {
+            if tick - at >= window_ms {
+                self.tests.push((k + 1, self.sums[0], tick));
+                if self.tests.len() > 8 {
+                    self.tests.remove(1); // keep the stage-start test and the newest
+                }
+            }
+        }
+        let base = self
+            .ring
+            .front()
+            .map_or([Counts::default(); 2], |(_, s)| *s);
+        let cw = self.sums[0].since(&base[0]);
+        let bw = self.sums[1].since(&base[1]);
+        let tests: Vec<(u32, Snapshot)> = self
+            .tests
+            .iter()
+            .map(|(k, s, _)| (*k, self.sums[0].since(s)))
+            .collect();
+        let lookup = |name: &str| r.prometheus.get(name).copied().flatten();
+        let mut pooled = plan.clone();
+        pooled.confidence = 1.0 - (1.0 - plan.confidence) / 2.0;
+        let judged = gates::judge(
+            &pooled,
+            &Evidence {
+                canary: &cw,
+                baseline: &bw,
+                tests: &tests,
+                prometheus: &lookup,
+            },
+        );
+        let judgement = Judgement {
+            gates: judged.clone(),
+            smoke_failures: Vec::new(),
+        };
+        let (mut decision, mut next) =
+            decide(&pooled, &self.progress, &judgement, tick, plan.interval);
+        if !baking
+            && matches!(
+                decision,
+                Decision::Bake | Decision::Advance(_) | Decision::Promote
+            )
+        {
+            next = self.progress.clone();
+            decision = Decision::Hold(format!(
+                "waiting {} for the stage's traffic to show in Prometheus (fleet.lag)",
+                crate::config::duration::format(lag)
+            ));
+        }
+        if judged.iter().any(|g| g.verdict == Verdict::Warning) && self.first_warning_ms.is_none() {
+            self.first_warning_ms = Some(tick);
+        }
+        self.gates = judged;
+        self.progress = next;
+        match decision {
+            Decision::Idle => Step::Nothing,
+            Decision::Hold(reason) => {
+                self.held = Some(reason);
+                Step::Nothing
+            }
+            Decision::Bake => {
+                self.held = None;
+                Step::Nothing
+            }
+            Decision::Advance(stage) => {
+                self.held = None;
+                self.stage_began(tick, lag, interval_ms);
+                Step::Advanced(stage)
+            }
+            Decision::Promote => {
+                self.held = None;
+                Step::Promoted(format!("all {} stages passed", plan.stages.len()))
+            }
+            Decision::Rollback { kind, reason } => {
+                self.held = None;
+                Step::RolledBack {
+                    kind: kind.label(),
+                    reason,
+                }
+            }
+        }
+    }
+}
+
+/// What identifies the rollout whose readings are fetched.
+pub struct Subject<'a> {
+    pub route: &'a str,
+    pub id: &'a str,
+    pub canary: &'a str,
+    pub baseline: &'a str,
+}
+
+/// Reads the fleet's readings for the ticks `from_ms..=to_ms` (on the
+/// grid of `plan.interval`), each at `tick − lag`, with one range query per
+/// series group (chunked to what Prometheus allows).
+pub async fn readings(
+    client: &PromClient,
+    fleet: &FleetConfig,
+    plan: &Plan,
+    s: &Subject<'_>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Reading>, String> {
+    let step_ms = plan.interval.as_millis() as i64;
+    let mut out = Vec::new();
+    let mut start = from_ms;
+    while start <= to_ms {
+        let end = (start + (MAX_STEPS - 1) * step_ms).min(to_ms);
+        out.extend(readings_chunk(client, fleet, plan, s, start, end).await?);
+        start = end + step_ms;
+    }
+    Ok(out)
+}
+
+async fn readings_chunk(
+    client: &PromClient,
+    fleet: &FleetConfig,
+    plan: &Plan,
+    s: &Subject<'_>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Reading>, String> {
+    let step = plan.interval;
+    let step_ms = step.as_millis() as i64;
+    let lag_ms = fleet.lag.as_millis() as i64;
+    let n = ((to_ms - from_ms) / step_ms + 1) as usize;
+    let mut out: Vec<Reading> = (0..n)
+        .map(|i| Reading {
+            tick_ms: from_ms + i as i64 * step_ms,
+            ..Reading::default()
+        })
+        .collect();
+    let index_of = |t: f64, lag_ms: i64| -> Option<usize> {
+        let tick = (t * 1000.0).round() as i64 + lag_ms;
+        let i = (tick - from_ms).div_euclid(step_ms);
+        let on_grid = (tick - from_ms).rem_euclid(step_ms) == 0;
+        (on_grid && (0..n as i64).contains(&i)).then_some(i as usize)
+    };
+    let range = |q: String, lag_ms: i64| {
+        let start = (from_ms - lag_ms) as f64 / 1000.0;
+        let end = (to_ms - lag_ms) as f64 / 1000.0;
+        async move { prometheus::query_range(client, &fleet.prometheus, &q, start, end, step).await }
+    };
+    let route = format!("route=\"{}\"", s.route);
+    let which = |labels: &BTreeMap<String, String>| match labels.get("backend").map(String::as_str)
+    {
+        Some(b) if b == s.canary => Some(0),
+        Some(b) if b == s.baseline => Some(1),
+        _ => None,
+    };
+
+    let classes = range(
+        format!(
+            "sum by (backend, class) ({})",
+            fleet.select("sluice_requests_total", &route)
+        ),
+        lag_ms,
+    );
+    let buckets = range(
+        format!(
+            "sum by (backend, le) ({})",
+            fleet.select("sluice_request_duration_seconds_bucket", &route)
+        ),
+        lag_ms,
+    );
+    let ended = range(
+        format!(
+            "max by (state) ({})",
+            fleet.select(
+                "sluice_rollout_info",
+                &format!(
+                    "{route},rollout=\"{}\",state=~\"rolled_back|aborted\"",
+                    s.id
+                )
+            )
+        ),
+        lag_ms,
+    );
+    let requested = range(
+        format!(
+            "max by (request) ({})",
+            fleet.select(
+                "sluice_rollout_requested",
+                &format!("{route},rollout=\"{}\"", s.id)
+            )
+        ),
+        lag_ms,
+    );
+    let (classes, buckets, ended, requested) = tokio::join!(classes, buckets, ended, requested);
+
+    // Counts by class: a backend's reading exists once any class series does.
+    let mut counts: Vec<[Option<Counts>; 2]> = vec![[None; 2]; n];
+    for series in classes? {
+        let (Some(b), Some(class)) = (which(&series.labels), series.labels.get("class")) else {
+            continue;
+        };
+        let Some(ci) = crate::stats::Class::ALL
+            .iter()
+            .position(|c| c.label() == class)
+        else {
+            continue;
+        };
+        for (t, v) in series.samples {
+            if let Some(i) = index_of(t, lag_ms) {
+                counts[i][b].get_or_insert_with(Counts::default).classes[ci] = v.max(0.0) as u64;
+            }
+        }
+    }
+    // Latency buckets come cumulative by `le`; they are kept per bucket.
+    let mut cumulative: Vec<[[u64; PROM_BUCKETS]; 2]> = vec![[[0; PROM_BUCKETS]; 2]; n];
+    for series in buckets? {
+        let (Some(b), Some(le)) = (which(&series.labels), series.labels.get("le")) else {
+            continue;
+        };
+        let Some(k) = bucket_index(le) else { continue };
+        for (t, v) in series.samples {
+            if let Some(i) = index_of(t, lag_ms) {
+                cumulative[i][b][k] = v.max(0.0) as u64;
+            }
+        }
+    }
+    for (i, reading) in out.iter_mut().enumerate() {
+        for b in 0..2 {
+            if let Some(c) = counts[i][b].as_mut() {
+                let cum = &cumulative[i][b];
+                let mut below = 0;
+                for (bucket, &upto) in c.buckets.iter_mut().zip(cum) {
+                    *bucket = upto.saturating_sub(below);
+                    below = below.max(upto);
+                }
+            }
+        }
+        reading.canary = counts[i][0];
+        reading.baseline = counts[i][1];
+    }
+    for series in ended? {
+        let phase = match series.labels.get("state").map(String::as_str) {
+            Some("aborted") => Phase::Aborted,
+            _ => Phase::RolledBack,
+        };
+        for (t, v) in series.samples {
+            if let (Some(i), true) = (index_of(t, lag_ms), v > 0.0) {
+                // Both seen (one replica aborted, one rolled back): rolled back.
+                if out[i].ended != Some(Phase::RolledBack) {
+                    out[i].ended = Some(phase);
+                }
+            }
+        }
+    }
+    for series in requested? {
+        let request = series.labels.get("request").cloned().unwrap_or_default();
+        for (t, v) in series.samples {
+            if let (Some(i), true) = (index_of(t, lag_ms), v > 0.0) {
+                match request.as_str() {
+                    "pause" => out[i].paused = true,
+                    "promote" => out[i].promote = true,
+                    "abort" => out[i].abort = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    for g in &plan.gates {
+        let GateKind::Prometheus { url, query, lag } = &g.kind else {
+            continue;
+        };
+        let gate_lag = lag.as_millis() as i64;
+        let start = (from_ms - gate_lag) as f64 / 1000.0;
+        let end = (to_ms - gate_lag) as f64 / 1000.0;
+        let series = prometheus::query_range(client, url, query, start, end, step).await?;
+        for r in out.iter_mut() {
+            r.prometheus.insert(g.name.clone(), None);
+        }
+        if let Some(first) = series.into_iter().next() {
+            for (t, v) in first.samples {
+                if let Some(i) = index_of(t, gate_lag) {
+                    out[i].prometheus.insert(g.name.clone(), Some(v));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The position of an `le` label among the buckets.
+fn bucket_index(le: &str) -> Option<usize> {
+    if le == "+Inf" {
+        return Some(PROM_BUCKETS - 1);
+    }
+    let v: f64 = le.parse().ok()?;
+    PROM_EDGES_NS
+        .iter()
+        .position(|e| ((*e as f64) - v * 1e9).abs() < 1.0)
+}
+
+/// The fleet's start tick of a rollout: the earliest any replica exported
+/// within the lookback (a fleet whose every replica restarted finds it
+/// too), or `None` when no replica has shown it.
+pub async fn fleet_start(
+    client: &PromClient,
+    fleet: &FleetConfig,
+    s: &Subject<'_>,
+    at_ms: i64,
+    lookback: bool,
+) -> Result<Option<i64>, String> {
+    let series = fleet.select(
+        "sluice_rollout_started_timestamp_seconds",
+        &format!("route=\"{}\",rollout=\"{}\"", s.route, s.id),
+    );
+    let q = if lookback {
+        format!("min(min_over_time({series}[{START_LOOKBACK}]))")
+    } else {
+        format!("min({series})")
+    };
+    let at = (at_ms - fleet.lag.as_millis() as i64) as f64 / 1000.0;
+    let v = prometheus::query(client, &fleet.prometheus, &q, at).await?;
+    Ok(v.map(|secs| (secs * 1000.0).round() as i64))
+}
+
+/// The replicas Prometheus sees, by the digest of the config they serve.
+pub async fn digests(
+    client: &PromClient,
+    fleet: &FleetConfig,
+    at_ms: i64,
+) -> Result<BTreeMap<String, u32>, String> {
+    let q = format!(
+        "count by (digest) ({})",
+        fleet.select("sluice_config_info", "")
+    );
+    let at = (at_ms - fleet.lag.as_millis() as i64) as f64 / 1000.0;
+    let step = Duration::from_secs(1);
+    let series = prometheus::query_range(client, &fleet.prometheus, &q, at, at, step).await?;
+    Ok(series
+        .into_iter()
+        .filter_map(|s| {
+            let d = s.labels.get("digest")?.clone();
+            let n = s.samples.last()?.1;
+            Some((d, n as u32))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;
