@@ -268,12 +268,17 @@ impl Fleet {
     }
 }
 
+/// The three-replica tests run one at a time: each is seven processes and
+/// its timing bounds are a tick and a scrape wide.
+static ONE_FLEET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn state(s: &'static str) -> impl Fn(&serde_json::Value) -> bool {
     move |r| r["state"] == s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_promote_together_roll_back_together_and_start_anew() {
+    let _one = ONE_FLEET_AT_A_TIME.lock().await;
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
     let bad = Backend::start("canary2").await;
@@ -408,6 +413,7 @@ async fn three_replicas_promote_together_roll_back_together_and_start_anew() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_pauses_the_fleet_and_a_restarted_replica_rejoins_where_it_is() {
+    let _one = ONE_FLEET_AT_A_TIME.lock().await;
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
     let plan = "stages: [{ weight: 10, bake: 2s }, { weight: 50, bake: 3s }, { weight: 100, bake: 2s }]\ngates: { success_rate: { critical: 99 } }\n";
