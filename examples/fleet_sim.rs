@@ -168,7 +168,7 @@ fn rollout(
             .sum::<i64>()
             * 2;
     let mut locals: Vec<Local> = shares.iter().map(|_| Local::new(local_conf, T0)).collect();
-    let mut track = Track::new(T0);
+    let mut track = Track::new("sim", T0);
     let mut fleet_total = (0u64, 0u64);
     let mut scraped: Vec<(i64, (u64, u64))> = vec![(T0, (0, 0))];
     let mut stage_weight = plan.stages[0].weight as f64 / 100.0;

@@ -242,11 +242,19 @@ impl ControlPlane {
                     // Only weights change here, so the routes with rollout
                     // plans (and their fingerprints) are shared as they are.
                     debug_assert_eq!(
-                        config::plan::fingerprint(&doc.routes[i]),
-                        config::plan::fingerprint(&current.config.document.routes[i])
+                        config::plan::fingerprint(&doc.routes[i], doc.fleet.is_some()),
+                        config::plan::fingerprint(
+                            &current.config.document.routes[i],
+                            doc.fleet.is_some()
+                        )
                     );
                     let mut cfg = (*current.config).clone();
                     *cfg.routes.get_mut(i).expect("the route's index") = Arc::new(route);
+                    // A rollout's weights are not part of the digest; a
+                    // person's weights on any other route are.
+                    if doc.routes[i].rollout.is_none() {
+                        cfg.digest = config::digest(&doc).into();
+                    }
                     cfg.document = Arc::new(doc);
                     Ok(cfg)
                 }
@@ -355,9 +363,10 @@ impl ControlPlane {
         // Routes under a rollout keep the controller's weights across
         // reloads and restores, as long as the rollout is the same one.
         if matches!(change, Change::Replace(_)) {
+            let fleet = doc.fleet.is_some();
             for i in 0..doc.routes.len() {
                 let r = &doc.routes[i];
-                let Some(fp) = config::plan::fingerprint(r) else {
+                let Some(fp) = config::plan::fingerprint(r, fleet) else {
                     continue;
                 };
                 let Some((known, weights)) = w.rollout_weights.get(&r.name) else {

@@ -4,6 +4,25 @@
 //! [`table`] that the control plane ([`control`]) swaps atomically; every
 //! request's outcome is measured inline ([`stats`]). The binary in
 //! `src/main.rs` is a thin shell over [`server::start`].
+//!
+//! # Layout
+//!
+//! From the face inwards (`docs/architecture.md` draws the layers):
+//!
+//! - the face: `main.rs` (the command line), [`ctl`] (`sluice ctl`),
+//!   [`demo`] (`sluice demo`), [`server`] (starting and stopping a whole
+//!   sluice, for the binary and the tests alike);
+//! - control: [`admin`] (the admin API and dashboard), [`rollout`] (plans,
+//!   gates, the controller per route, fleets), [`reload`] (the config
+//!   file's watch), [`control`] (the one writer of the table), with
+//!   [`journal`] and [`state`] (what survives a restart);
+//! - the data plane: [`proxy`] (listeners, connections, the request
+//!   service), [`upstream`] (pools and the client side to backends),
+//!   [`body`] (request and response bodies on the path), [`access_log`];
+//! - the table: [`table`], compiled from a validated [`config`] and read
+//!   with one atomic load per request, over [`shared_vec`];
+//! - leaves: [`split`] (backend choice), [`stats`] (windows and
+//!   Prometheus), [`clock`], [`worker`], [`memory`] (the allocator).
 
 // Two exceptions: `memory` (the global allocator and `trim`, calls into
 // mimalloc) and `proxy::http1::client_closed` (a peek at a socket hyper

@@ -391,10 +391,11 @@ async fn three_replicas_promote_together_roll_back_together_and_start_anew() {
     .1;
     assert!(events.contains("\"rolled_back\""), "{events}");
 
-    // 3. The same canary, fixed, as a new generation: nothing of the old
-    // rollout's rollback latches; it runs to promotion.
+    // 3. The same canary, fixed, restarted through the file: a new run
+    // of the rollout, which the first run's rollback does not touch; it
+    // runs to promotion on every replica.
     bad.state.fail_every.store(0, Relaxed);
-    let again = format!("{plan}generation: 1\n");
+    let again = format!("{plan}action: restart\n");
     std::fs::write(
         &fleet.file,
         fleet_yaml(&fleet.prom.url, &stable, &bad, &again),
@@ -403,8 +404,8 @@ async fn three_replicas_promote_together_roll_back_together_and_start_anew() {
     watch(
         &fleet.all(),
         Duration::from_secs(60),
-        "the new generation's promotion",
-        state("promoted"),
+        "the restarted run's promotion",
+        |r| r["state"] == "promoted" && r["id"].as_str().is_some_and(|i| i.ends_with("-r1")),
     )
     .await;
     let sent = load.stop().await;

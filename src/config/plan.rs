@@ -686,14 +686,14 @@ fn deploy_window(w: &raw::DeployWindow, base: &str, c: &mut Ctx) -> Option<Deplo
     Some(DeployWindow { days, from, to, tz })
 }
 
-/// The rollout's id: what identifies one rollout on every replica of a
-/// fleet. It is made of the route, the baseline and canary with their
-/// addresses, the plan and its restart generation (`generation`, and
-/// `action: restart`), so a new canary address, a new plan or a restart is
-/// a new rollout whose progress no earlier one's state touches; `paused`
-/// and the other actions are not part of it, and a reload that changes
-/// none of these keeps the rollout where it is.
-pub fn fingerprint(route: &raw::Route) -> Option<String> {
+/// The rollout's id: what identifies one rollout. Alone, it is the route,
+/// the baseline and canary with their addresses and `generation`: a reload
+/// that changes none of them keeps the rollout where it is, and a new
+/// canary address or generation is a new rollout from stage 1. In a fleet
+/// (`fleet` true) the plan is part of it too, with `paused` and `action`
+/// left out: replicas that judge by different plans would not agree, so a
+/// new plan is a new rollout there.
+pub fn fingerprint(route: &raw::Route, fleet: bool) -> Option<String> {
     let r = route.rollout.as_ref()?;
     let url_of = |name: &str| {
         route
@@ -704,12 +704,14 @@ pub fn fingerprint(route: &raw::Route) -> Option<String> {
     };
     let canary = url_of(&r.canary)?;
     let baseline = url_of(&r.baseline).map_or("", |u| u.as_str());
-    let mut plan = r.clone();
-    plan.paused = None;
-    if plan.action.as_deref() != Some("restart") {
+    let plan = if fleet {
+        let mut plan = r.clone();
+        plan.paused = None;
         plan.action = None;
-    }
-    let plan = serde_json::to_string(&plan).expect("a rollout section serializes");
+        serde_json::to_string(&plan).expect("a rollout section serializes")
+    } else {
+        r.generation.unwrap_or(0).to_string()
+    };
     let text = format!(
         "{}\n{}={baseline}\n{}={canary}\n{plan}",
         route.name, r.baseline, r.canary

@@ -126,7 +126,12 @@ pub fn validate(document: Document, base_dir: &Path) -> Result<Config, Problems>
     let fingerprints = document
         .routes
         .iter()
-        .filter_map(|r| Some((r.name.clone(), super::plan::fingerprint(r)?)))
+        .filter_map(|r| {
+            Some((
+                r.name.clone(),
+                super::plan::fingerprint(r, fleet.is_some())?,
+            ))
+        })
         .collect();
     let by_name = routes
         .iter()

@@ -73,6 +73,10 @@ struct Controller {
     fingerprint: String,
     /// Whether this controller runs as one replica of a fleet.
     fleet_mode: bool,
+    /// The id of the rollout's current run: the fingerprint, with `-rN`
+    /// after N restarts through a fleet's config. Locked alone, never
+    /// while taking another of the controller's locks.
+    run: Mutex<String>,
     state: Mutex<RolloutState>,
     runtime: Mutex<Runtime>,
     fleet: Mutex<fleet_tick::FleetRuntime>,
@@ -248,6 +252,8 @@ impl Rollouts {
             first_warning_ms: None,
             weights_by_hand: false,
             fleet_t0_ms: None,
+            restart_seen: plan_of(table, route)
+                .is_some_and(|p| p.action == Some(ConfigAction::Restart)),
         });
         let mut fleet_runtime = fleet_tick::FleetRuntime::default();
         let mut state = state;
@@ -262,6 +268,7 @@ impl Rollouts {
         }
         let c = Arc::new(Controller {
             route: route.to_string(),
+            run: Mutex::new(fingerprint.clone()),
             fingerprint,
             fleet_mode,
             state: Mutex::new(state),
@@ -274,6 +281,14 @@ impl Rollouts {
             .lock()
             .unwrap()
             .restart_evidence(tr_canary_lifetime(table, route));
+        if c.fleet.lock().unwrap().local_ended {
+            // This replica ended the rollout before it restarted: its
+            // canary stays at 0, whatever the file's weights say.
+            let st = c.state.lock().unwrap().clone();
+            if let Err(e) = self.publish_phase_weights(&c, &st) {
+                tracing::error!(route, error = %e, "cannot restore the rollout's weights");
+            }
+        }
         if resumed {
             let st = c.state.lock().unwrap().clone();
             self.control.journal.record(
@@ -375,6 +390,9 @@ impl Rollouts {
     /// A full tick runs everything; a fast one only looks for a critical
     /// verdict on traffic (no smoke checks, no Prometheus queries, no bake).
     async fn tick(&self, c: &Arc<Controller>, plan: &Plan, full: bool) {
+        if full {
+            self.restart_if_asked(c, plan);
+        }
         let phase = c.state.lock().unwrap().progress.phase;
         if !full && phase != Phase::Running && phase != Phase::Paused {
             return;
@@ -505,7 +523,7 @@ impl Rollouts {
                             "stage_advanced",
                             "controller",
                             format!("stage {} of {}: canary at {} %", stage + 1, plan.stages.len(), share),
-                            serde_json::json!({ "stage": stage + 1, "weight": share, "gates": st.gates }),
+                            serde_json::json!({ "rollout": c.fingerprint, "stage": stage + 1, "weight": share, "gates": st.gates }),
                         );
                         c.wake.notify_one(); // smoke checks at the stage start
                     }
@@ -525,7 +543,7 @@ impl Rollouts {
                                 canary.name,
                                 plan.stages.len()
                             ),
-                            serde_json::json!({ "gates": st.gates }),
+                            serde_json::json!({ "rollout": c.fingerprint, "gates": st.gates }),
                         );
                     }
                     Err(e) => self.refused(c, &mut st, e),
@@ -598,7 +616,7 @@ impl Rollouts {
         let stage = st.progress.stage.min(plan.stages.len() - 1);
         let incident = Incident {
             route: c.route.clone(),
-            rollout: c.fingerprint.clone(),
+            rollout: c.run_id(),
             baseline: route.backends[plan.baseline].name.to_string(),
             canary: route.backends[plan.canary].name.to_string(),
             canary_url: route.backends[plan.canary].url(),
@@ -640,7 +658,7 @@ impl Rollouts {
             actor,
             format!("rolled back to {}: {reason}", incident.baseline),
             serde_json::json!({
-                "rollout": c.fingerprint,
+                "rollout": c.run_id(),
                 "reason": kind,
                 "detected_ms": detected_ms, "decided_ms": decided_ms, "completed_ms": completed_ms,
                 "swap_us": swap_us, "table_version": version,
@@ -713,6 +731,30 @@ impl Rollouts {
         out
     }
 
+    /// `action: restart` in the config restarts the rollout once, when it
+    /// appears (the state file remembers it was seen, across restarts).
+    fn restart_if_asked(&self, c: &Arc<Controller>, plan: &Plan) {
+        let asked = plan.action == Some(ConfigAction::Restart);
+        let edge = {
+            let mut st = c.state.lock().unwrap();
+            let edge = asked && !st.restart_seen && st.progress.phase != Phase::Pending;
+            if st.restart_seen != asked {
+                st.restart_seen = asked;
+                self.persist(&st);
+            }
+            edge
+        };
+        if edge {
+            c.state.lock().unwrap().incident = None;
+            self.begin(
+                c,
+                plan,
+                "file",
+                "restarted through the config (rollout.action: restart)",
+            );
+        }
+    }
+
     /// Pending → running at stage 1.
     fn begin(&self, c: &Controller, plan: &Plan, actor: &str, why: &str) {
         let mut st = c.state.lock().unwrap();
@@ -737,7 +779,7 @@ impl Rollouts {
             "rollout_started",
             actor,
             format!("{why}: stage 1 of {}, canary at {} %", plan.stages.len(), plan.stages[0].weight),
-            serde_json::json!({ "stages": plan.stages.iter().map(|s| serde_json::json!({"weight": s.weight, "bake_ms": s.bake.as_millis() as u64})).collect::<Vec<_>>() }),
+            serde_json::json!({ "rollout": c.fingerprint, "stages": plan.stages.iter().map(|s| serde_json::json!({"weight": s.weight, "bake_ms": s.bake.as_millis() as u64})).collect::<Vec<_>>() }),
         );
         self.persist(&st);
         drop(st);
@@ -951,7 +993,7 @@ impl Rollouts {
         let stage = st.progress.stage.min(plan.stages.len() - 1);
         let bake = plan.stages[stage].bake;
         Some(RolloutView {
-            id: c.fingerprint.clone(),
+            id: c.run_id(),
             fleet,
             state: st.progress.phase.label().to_string(),
             stage: stage + 1,
@@ -998,13 +1040,17 @@ impl Rollouts {
             let labels = format!("route=\"{}\",rollout=\"{}\"", c.route, c.fingerprint);
             let _ = writeln!(
                 info,
-                "sluice_rollout_info{{{labels},stage=\"{stage}\",state=\"{}\"}} 1",
+                "sluice_rollout_info{{route=\"{}\",rollout=\"{}\",stage=\"{stage}\",state=\"{}\"}} 1",
+                c.route,
+                c.run_id(),
                 st.progress.phase.label()
             );
+            // Only a fleet's first tick: it is what joining replicas look
+            // for, and it lies on the grid.
             let t0 = if c.fleet_mode {
                 c.fleet.lock().unwrap().track.as_ref().map(|t| t.t0_ms)
             } else {
-                (st.progress.phase != Phase::Pending).then_some(st.started_ms)
+                None
             };
             if let Some(t0) = t0 {
                 let _ = writeln!(
@@ -1018,6 +1064,7 @@ impl Rollouts {
                     ("pause", plan.paused),
                     ("promote", plan.action == Some(ConfigAction::Promote)),
                     ("abort", plan.action == Some(ConfigAction::Abort)),
+                    ("restart", plan.action == Some(ConfigAction::Restart)),
                 ];
                 for (request, _) in asks.iter().filter(|(_, on)| *on) {
                     let _ = writeln!(
@@ -1029,8 +1076,8 @@ impl Rollouts {
         }
         for (name, kind, help, body) in [
             ("sluice_rollout_info", "gauge", "The rollout of each route: its id, stage (1-based, 0 when not running) and state; always 1.", info),
-            ("sluice_rollout_started_timestamp_seconds", "gauge", "When each rollout began (its first tick), seconds since the epoch.", started),
-            ("sluice_rollout_requested", "gauge", "What this replica's config asks of a rollout (pause, promote, abort); always 1.", requested),
+            ("sluice_rollout_started_timestamp_seconds", "gauge", "When each fleet rollout began (its first tick on the grid), seconds since the epoch; labelled with the rollout's id before any restart.", started),
+            ("sluice_rollout_requested", "gauge", "What this replica's config asks of a rollout (pause, promote, abort, restart); always 1.", requested),
         ] {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}");
         }
@@ -1050,6 +1097,10 @@ impl Rollouts {
 }
 
 impl Controller {
+    fn run_id(&self) -> String {
+        self.run.lock().unwrap().clone()
+    }
+
     fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.abort();

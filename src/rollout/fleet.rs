@@ -77,10 +77,12 @@ pub struct Reading {
     /// `None` when Prometheus had no series for it.
     pub canary: Option<Counts>,
     pub baseline: Option<Counts>,
-    /// A replica had this rollout rolled back or aborted.
-    pub ended: Option<Phase>,
+    /// Replicas that ended a run of this rollout (rolled back or aborted
+    /// it), by run id ([`Track::id`]).
+    pub ended: Vec<(String, Phase)>,
     /// What replicas' configs ask for (`paused`, `action`).
     pub paused: bool,
+    pub restart: bool,
     pub promote: bool,
     pub abort: bool,
     /// Prometheus gates' values by gate name.
@@ -101,11 +103,21 @@ pub enum Step {
     },
     /// Another replica ended the rollout (rolled back or aborted it).
     Followed(Phase),
+    /// The shared config asked for a restart: stage 1 again, as a new run.
+    Restarted,
 }
 
 /// The fleet's rollout as every replica computes it.
 #[derive(Debug, Clone)]
 pub struct Track {
+    /// The rollout's id, as the config makes it.
+    base_id: String,
+    /// Restarts through the config so far: each is a new run of the
+    /// rollout with an id of its own, untouched by an earlier run's ending.
+    pub generation: u32,
+    /// Whether the last reading had a restart asked: a restart is its
+    /// rising edge, so a line left in the file restarts once.
+    restart_seen: bool,
     /// The rollout's first tick (unix ms, on the grid).
     pub t0_ms: i64,
     /// The next tick to step.
@@ -141,8 +153,11 @@ fn lag_ticks_ms(lag: Duration, interval_ms: i64) -> i64 {
 }
 
 impl Track {
-    pub fn new(t0_ms: i64) -> Track {
+    pub fn new(base_id: &str, t0_ms: i64) -> Track {
         Track {
+            base_id: base_id.to_string(),
+            generation: 0,
+            restart_seen: false,
             t0_ms,
             next_ms: t0_ms,
             progress: Progress {
@@ -160,6 +175,12 @@ impl Track {
             evidence_from_ms: t0_ms,
             evidence_started_ms: None,
         }
+    }
+
+    /// The id of the rollout's current run: the rollout's id, and after
+    /// restarts through the config `-r` and their count.
+    pub fn id(&self) -> String {
+        run_id(&self.base_id, self.generation)
     }
 
     fn stage_began(&mut self, tick: i64, lag: Duration, interval_ms: i64) {
@@ -193,6 +214,8 @@ impl Track {
             self.ring.pop_front();
         }
 
+        let restart = r.restart && !self.restart_seen;
+        self.restart_seen = r.restart;
         if self.progress.phase == Phase::Pending {
             if tick < self.t0_ms {
                 return Step::Nothing;
@@ -202,13 +225,23 @@ impl Track {
             self.held = None;
             return Step::Started;
         }
+        if restart {
+            self.generation += 1;
+            self.progress = Progress::start();
+            self.stage_began(tick, lag, interval_ms);
+            self.tests.clear();
+            self.gates.clear();
+            self.held = None;
+            return Step::Restarted;
+        }
         if !self.progress.phase.active() {
             return Step::Nothing;
         }
-        if let Some(phase) = r.ended {
-            self.progress.phase = phase;
+        let id = self.id();
+        if let Some((_, phase)) = r.ended.iter().find(|(run, _)| *run == id) {
+            self.progress.phase = *phase;
             self.held = None;
-            return Step::Followed(phase);
+            return Step::Followed(*phase);
         }
         if r.abort {
             self.progress.phase = Phase::Aborted;
@@ -323,6 +356,15 @@ impl Track {
     }
 }
 
+/// The id of run `generation` of rollout `base`.
+pub fn run_id(base: &str, generation: u32) -> String {
+    if generation == 0 {
+        base.to_string()
+    } else {
+        format!("{base}-r{generation}")
+    }
+}
+
 /// What identifies the rollout whose readings are fetched.
 pub struct Subject<'a> {
     pub route: &'a str,
@@ -406,11 +448,11 @@ async fn readings_chunk(
     );
     let ended = range(
         format!(
-            "max by (state) ({})",
+            "max by (rollout, state) ({})",
             fleet.select(
                 "sluice_rollout_info",
                 &format!(
-                    "{route},rollout=\"{}\",state=~\"rolled_back|aborted\"",
+                    "{route},rollout=~\"{}(-r[0-9]+)?\",state=~\"rolled_back|aborted\"",
                     s.id
                 )
             )
@@ -479,14 +521,21 @@ async fn readings_chunk(
             Some("aborted") => Phase::Aborted,
             _ => Phase::RolledBack,
         };
+        let run = series.labels.get("rollout").cloned().unwrap_or_default();
         for (t, v) in series.samples {
             if let (Some(i), true) = (index_of(t, lag_ms), v > 0.0) {
-                // Both seen (one replica aborted, one rolled back): rolled back.
-                if out[i].ended != Some(Phase::RolledBack) {
-                    out[i].ended = Some(phase);
-                }
+                out[i].ended.push((run.clone(), phase));
             }
         }
+    }
+    // One order whatever order Prometheus answered in; a run both rolled
+    // back and aborted (on two replicas) counts as rolled back.
+    for r in out.iter_mut() {
+        r.ended.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then((a.1 == Phase::Aborted).cmp(&(b.1 == Phase::Aborted)))
+        });
+        r.ended.dedup_by(|later, first| later.0 == first.0);
     }
     for series in requested? {
         let request = series.labels.get("request").cloned().unwrap_or_default();
@@ -496,6 +545,7 @@ async fn readings_chunk(
                     "pause" => out[i].paused = true,
                     "promote" => out[i].promote = true,
                     "abort" => out[i].abort = true,
+                    "restart" => out[i].restart = true,
                     _ => {}
                 }
             }

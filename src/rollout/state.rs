@@ -133,6 +133,10 @@ pub struct RolloutState {
     /// replica knows it even before Prometheus answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_t0_ms: Option<i64>,
+    /// The config asked for a restart (`action: restart`) when last read:
+    /// a restart is the request's appearance, not its presence.
+    #[serde(default)]
+    pub restart_seen: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

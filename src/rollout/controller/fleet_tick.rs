@@ -14,6 +14,16 @@ use crate::rollout::fleet::{self, grid_ceil, Step, Subject, Track};
 /// more than most fleets, so a local rollback never spends too much.
 const UNKNOWN_REPLICAS: u32 = 100;
 
+/// Ends a task when its owner ends (a stopped controller's task is
+/// dropped, not awaited).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a fleet replica's controller keeps besides its [`RolloutState`].
 #[derive(Default)]
 pub(super) struct FleetRuntime {
@@ -29,6 +39,8 @@ pub(super) struct FleetRuntime {
     pub published: Option<(Phase, usize)>,
     /// Why the last tick read nothing from Prometheus.
     pub error: Option<String>,
+    /// The run (restarts through the config) this replica last adopted.
+    pub generation: u32,
 }
 
 /// The fleet as this replica last saw it in Prometheus.
@@ -42,14 +54,24 @@ pub(super) struct FleetSeen {
 
 impl Rollouts {
     pub(super) async fn drive_fleet(self: Arc<Self>, c: Arc<Controller>) {
+        // The replica's own check runs beside the fleet's ticks, so a slow
+        // Prometheus (a tick waits up to 5 s a query) never blinds it.
+        let local = AbortOnDrop(tokio::spawn(self.clone().check_locally(c.clone())));
         let mut due: Option<i64> = None;
+        let mut judged_by: Option<Arc<FleetConfig>> = None;
         loop {
             let table = self.control.current();
             let (Some(plan), Some(fleet)) = (plan_of(&table, &c.route), table.config.fleet.clone())
             else {
-                return;
+                break;
             };
             drop(table);
+            // Another lag or selector reads other numbers: follow the
+            // rollout again from its first tick, as every replica will.
+            if judged_by.as_ref().is_some_and(|f| *f != fleet) {
+                c.fleet.lock().unwrap().track = None;
+            }
+            judged_by = Some(fleet.clone());
             let interval_ms = (plan.interval.as_millis() as i64).max(1);
             let now = now_ms();
             let next = *due.get_or_insert_with(|| grid_ceil(now, interval_ms));
@@ -62,12 +84,25 @@ impl Rollouts {
                 due = Some((next + interval_ms).max(latest));
                 continue;
             }
-            self.local_check(&c, &plan, &fleet).await;
-            let wait = (next - now_ms()).clamp(1, FAST_CHECK.as_millis() as i64);
+            let wait = (next - now_ms()).max(1);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
                 _ = c.wake.notified() => {}
             }
+        }
+        drop(local);
+    }
+
+    async fn check_locally(self: Arc<Self>, c: Arc<Controller>) {
+        loop {
+            let table = self.control.current();
+            let (Some(plan), Some(fleet)) = (plan_of(&table, &c.route), table.config.fleet.clone())
+            else {
+                return;
+            };
+            drop(table);
+            self.local_check(&c, &plan, &fleet).await;
+            tokio::time::sleep(FAST_CHECK).await;
         }
     }
 
@@ -143,7 +178,7 @@ impl Rollouts {
             None => {
                 match fleet::fleet_start(&self.client, fleet, &subject, tick, known.is_none()).await
                 {
-                    Ok(seen) => [seen, saved, known]
+                    Ok(seen) => [seen.map(|t| grid_ceil(t, interval_ms)), saved, known]
                         .into_iter()
                         .flatten()
                         .min()
@@ -166,7 +201,7 @@ impl Rollouts {
         let joined = known != Some(t0);
         if joined {
             tracing::info!(route = %c.route, rollout = %c.fingerprint, t0, tick, "fleet: following the rollout from its first tick");
-            c.fleet.lock().unwrap().track = Some(Track::new(t0));
+            c.fleet.lock().unwrap().track = Some(Track::new(&c.fingerprint, t0));
         }
         let from = c
             .fleet
@@ -193,6 +228,7 @@ impl Rollouts {
                             steps.push(step);
                         }
                     }
+                    *c.run.lock().unwrap() = track.id();
                 }
             }
         }
@@ -293,10 +329,22 @@ impl Rollouts {
         let gates = track.gates.clone();
         let held = track.held.clone();
         let (stage_started_ms, first_warning_ms) = (track.stage_started_ms, track.first_warning_ms);
+        let generation = track.generation;
         let mut st = c.state.lock().unwrap();
         st.fleet_t0_ms = Some(t0);
         let fleet_active = progress.phase.active();
-        if !st.progress.phase.active() && fleet_active {
+        let restarted = generation != f.generation;
+        if restarted {
+            // A new run through the config: what this replica did apart
+            // from the fleet belonged to the old one.
+            f.generation = generation;
+            f.local_ended = false;
+            f.local_ahead = None;
+            f.local_paused = false;
+            f.published = None;
+            st.progress.phase = Phase::Pending;
+        }
+        if !st.progress.phase.active() && fleet_active && f.local_ahead.is_none() {
             f.local_ended = true;
         }
         if f.local_ended {
@@ -306,6 +354,10 @@ impl Rollouts {
             .is_some_and(|a| progress.stage >= a || !fleet_active)
         {
             f.local_ahead = None;
+            // Promoted by hand past the last stage: back with the fleet.
+            if st.progress.phase == Phase::Promoted {
+                st.progress.phase = Phase::Running;
+            }
         }
         st.gates = gates;
         if f.local_ahead.is_some() {
@@ -321,7 +373,13 @@ impl Rollouts {
         }
         let before = (st.progress.phase, st.progress.stage);
         let after = (progress.phase, progress.stage);
-        if matches!(after.0, Phase::RolledBack | Phase::Aborted) && before.0.active() {
+        // A replica that joins a fleet whose rollout had already ended
+        // takes its weights and says so: no incident of its own.
+        let ended_before_it_came = before.0 == Phase::Pending && joined;
+        if matches!(after.0, Phase::RolledBack | Phase::Aborted)
+            && before.0 != after.0
+            && !ended_before_it_came
+        {
             let (kind, reason) = match steps.iter().rev().find_map(|s| match s {
                 Step::RolledBack { kind, reason } => Some((*kind, reason.clone())),
                 Step::Followed(p) => Some((
@@ -341,6 +399,9 @@ impl Rollouts {
                 Some(found) => found,
                 None => ("followed", "the fleet's rollout had ended".to_string()),
             };
+            // A promotion by hand on this replica ended before the fleet's
+            // rollback: the rollback still applies.
+            st.progress.phase = Phase::Running;
             let counts = self.stage_counts(c, table, plan);
             st.started_ms = t0;
             self.roll_back(
@@ -406,7 +467,16 @@ impl Rollouts {
             "rollout": c.fingerprint, "stage": after.1 + 1, "weight": share,
             "tick": tick, "gates": st.gates,
         });
-        let (kind, message) = if joined && before.0 == Phase::Pending && after.0 != Phase::Pending {
+        let (kind, message) = if restarted {
+            (
+                "rollout_restarted",
+                format!(
+                    "restarted through the shared config as run {}: stage 1 of {}, canary at {share} %",
+                    c.run_id(),
+                    plan.stages.len()
+                ),
+            )
+        } else if joined && before.0 == Phase::Pending && after.0 != Phase::Pending {
             (
                 "fleet_joined",
                 format!(
@@ -500,15 +570,16 @@ impl Rollouts {
                 let share = plan.stages.get(next).map_or(100, |s| s.weight);
                 self.set_canary_share(c, route, plan, share, "admin", Some("promoted by hand on this replica"))
                     .map_err(ActionError::Rejected)?;
+                // Ahead until the fleet catches up (past the last stage:
+                // until it promotes too); a fleet rollback still applies.
                 if next >= plan.stages.len() {
                     st.progress.phase = Phase::Promoted;
-                    f.local_ended = true;
                 } else {
                     st.progress.stage = next;
                     st.progress.phase = Phase::Running;
-                    f.local_ahead = Some(next);
-                    f.local_paused = false;
                 }
+                f.local_ahead = Some(next);
+                f.local_paused = false;
                 st.held = None;
                 Ok(())
             }
@@ -525,7 +596,7 @@ impl Rollouts {
         let fleet = table.config.fleet.as_ref()?;
         let seen = self.seen();
         let digest = table.config.digest.to_string();
-        let agreed = seen.digests.len() <= 1 && seen.digests.keys().all(|d| *d == digest);
+        let agreed = seen.digests.len() == 1 && seen.digests.contains_key(&digest);
         Some(FleetStatus {
             prometheus: fleet.prometheus.clone(),
             selector: format!("{{{}}}", fleet.matchers),
@@ -586,7 +657,7 @@ pub struct FleetStatus {
     pub digest: String,
     /// Replicas by the digest of the config they serve, as Prometheus saw them.
     pub digests: BTreeMap<String, u32>,
-    /// Every replica Prometheus sees serves this replica's config.
+    /// Prometheus sees replicas, and every one serves this replica's config.
     pub agreed: bool,
     pub error: Option<String>,
 }

@@ -55,7 +55,7 @@ fn run(track: &mut Track, plan: &Plan, rs: &[Reading]) -> Vec<(i64, Step)> {
 #[test]
 fn a_healthy_canary_is_promoted_stage_by_stage_after_the_lag() {
     let p = plan("");
-    let mut t = Track::new(T0);
+    let mut t = Track::new("r1", T0);
     let steps = run(&mut t, &p, &readings(30, 50, 0.0));
     let kinds: Vec<&Step> = steps.iter().map(|(_, s)| s).collect();
     assert_eq!(
@@ -79,7 +79,7 @@ fn a_healthy_canary_is_promoted_stage_by_stage_after_the_lag() {
 #[test]
 fn a_failing_canary_is_rolled_back_by_the_pooled_evidence() {
     let p = plan("");
-    let mut t = Track::new(T0);
+    let mut t = Track::new("r1", T0);
     let steps = run(&mut t, &p, &readings(20, 50, 0.2));
     assert!(
         matches!(
@@ -101,14 +101,14 @@ fn a_failing_canary_is_rolled_back_by_the_pooled_evidence() {
 fn replicas_that_read_the_same_numbers_agree_and_a_late_one_catches_up() {
     let p = plan("");
     let rs = readings(30, 40, 0.0);
-    let mut a = Track::new(T0);
-    let mut b = Track::new(T0);
+    let mut a = Track::new("r1", T0);
+    let mut b = Track::new("r1", T0);
     for (i, r) in rs.iter().enumerate() {
         assert_eq!(a.step(&p, LAG, r), b.step(&p, LAG, r));
         assert_eq!(a.progress, b.progress, "tick {i}");
         if i == 12 {
             // A replica that joins now replays every reading since t0.
-            let mut late = Track::new(T0);
+            let mut late = Track::new("r1", T0);
             run(&mut late, &p, &rs[..=i]);
             assert_eq!(late.progress, a.progress);
             assert_eq!(late.next_ms, a.next_ms);
@@ -126,7 +126,7 @@ fn a_replica_that_restarts_loses_one_tick_not_the_evidence() {
         c.classes[0] = c.classes[0].saturating_sub(150);
         c.classes[3] = c.classes[3].saturating_sub(40);
     }
-    let mut t = Track::new(T0);
+    let mut t = Track::new("r1", T0);
     let steps = run(&mut t, &p, &rs);
     assert!(
         steps
@@ -143,14 +143,14 @@ fn the_shared_config_pauses_promotes_and_aborts_at_one_tick() {
     for r in rs.iter_mut().take(20).skip(3) {
         r.paused = true;
     }
-    let mut t = Track::new(T0);
+    let mut t = Track::new("r1", T0);
     run(&mut t, &p, &rs[..20]);
     assert_eq!((t.progress.phase, t.progress.stage), (Phase::Paused, 0));
     run(&mut t, &p, &rs[20..26]);
     assert_eq!(t.progress.phase, Phase::Running);
     assert_eq!(t.progress.stage, 1, "resumed and baked on");
 
-    let mut aborted = Track::new(T0);
+    let mut aborted = Track::new("r1", T0);
     let mut rs2 = readings(10, 50, 0.0);
     rs2[4].abort = true;
     let steps = run(&mut aborted, &p, &rs2);
@@ -160,7 +160,7 @@ fn the_shared_config_pauses_promotes_and_aborts_at_one_tick() {
     ));
     assert_eq!(aborted.progress.phase, Phase::Aborted);
 
-    let mut promoted = Track::new(T0);
+    let mut promoted = Track::new("r1", T0);
     let mut rs3 = readings(10, 50, 0.0);
     rs3[4].promote = true;
     run(&mut promoted, &p, &rs3);
@@ -171,12 +171,27 @@ fn the_shared_config_pauses_promotes_and_aborts_at_one_tick() {
 fn a_rollback_elsewhere_is_followed_and_nothing_else_latches() {
     let p = plan("");
     let mut rs = readings(10, 50, 0.0);
-    rs[6].ended = Some(Phase::RolledBack);
-    let mut t = Track::new(T0);
+    rs[6].ended = vec![("r1".into(), Phase::RolledBack)];
+    let mut t = Track::new("r1", T0);
     let steps = run(&mut t, &p, &rs);
     assert_eq!(steps.last().unwrap().1, Step::Followed(Phase::RolledBack));
+    // A restart through the config is a new run, which the old run's
+    // ending (still in the readings) does not touch.
+    let mut again = Track::new("r1", T0);
+    let mut rs = readings(40, 50, 0.0);
+    for r in rs.iter_mut().skip(6) {
+        r.ended = vec![("r1".into(), Phase::RolledBack)];
+    }
+    for r in rs.iter_mut().skip(10) {
+        r.restart = true; // left in the file: one restart, not one a tick
+    }
+    let steps = run(&mut again, &p, &rs);
+    let restarts = steps.iter().filter(|(_, s)| *s == Step::Restarted).count();
+    assert_eq!(restarts, 1, "{steps:?}");
+    assert_eq!(again.id(), "r1-r1");
+    assert_eq!(again.progress.phase, Phase::Promoted);
     // A new rollout (a new id) starts clean: its readings carry no ending.
-    let mut fresh = Track::new(T0 + 10 * SEC);
+    let mut fresh = Track::new("r1", T0 + 10 * SEC);
     let later: Vec<Reading> = readings(30, 50, 0.0)
         .into_iter()
         .map(|mut r| {
@@ -195,7 +210,7 @@ fn without_numbers_nothing_advances() {
     for r in rs.iter_mut() {
         r.canary = None;
     }
-    let mut t = Track::new(T0);
+    let mut t = Track::new("r1", T0);
     run(&mut t, &p, &rs);
     assert_eq!((t.progress.phase, t.progress.stage), (Phase::Running, 0));
     assert!(t.held.as_deref().unwrap().contains("no fleet numbers"));
