@@ -372,9 +372,17 @@ pub fn who(body: &str) -> &str {
     body.split(' ').next().unwrap_or("")
 }
 
-/// Sum of a metric's samples whose labels contain every `want` pair.
+/// Sum of a metric's samples whose labels contain every `want` pair;
+/// panics, with the exposition, when no series matches (a metric that is
+/// not there is not 0).
 pub fn metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    exposition
+    metric_if_any(exposition, name, want)
+        .unwrap_or_else(|| panic!("no series {name} {want:?} in:\n{exposition}"))
+}
+
+/// [`metric`], or `None` when no series matches.
+pub fn metric_if_any(exposition: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -391,7 +399,8 @@ pub fn metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Polls `/metrics` every 20 ms for up to `within` until the samples of
@@ -407,7 +416,7 @@ pub async fn wait_metric(
     let deadline = std::time::Instant::now() + within;
     loop {
         let m = admin_text(p, "/metrics").await;
-        if metric(&m, name, want) == value {
+        if metric_if_any(&m, name, want) == Some(value) {
             return m;
         }
         assert!(
