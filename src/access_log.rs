@@ -23,7 +23,7 @@ use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Version};
 
-use crate::config::AccessLogTarget;
+use crate::target::AccessLogTarget;
 
 /// Entries waiting for the writer at most.
 const QUEUE: usize = 64 * 1024;

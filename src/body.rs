@@ -480,7 +480,7 @@ impl Body for ResponseBody {
 /// response's headers; anything but `0` counts as a 5xx.
 pub fn grpc_failed(headers: &http::HeaderMap) -> bool {
     static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-    crate::proxy::headers::find(headers, &GRPC_STATUS).is_some_and(|v| v.as_bytes() != b"0")
+    crate::headers::find(headers, &GRPC_STATUS).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 #[cfg(test)]

@@ -8,10 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc rather than glibc's malloc: a request allocates several times,
-/// and over TLS hyper's 8 KiB read buffer among them, beyond glibc's
-/// per-thread cache: with glibc the allocator was 9 % of an HTTP/1.1
-/// request's instructions and 12 % of an HTTP/2 one's, with mimalloc 7 %
-/// and 4 %.
+/// and over TLS hyper's 8 KiB read buffer among them, a size glibc serves
+/// outside its per-thread cache (benches/RESULTS.md compares the two).
 /// `sluice::memory::Allocator` says why it is not the `mimalloc` crate's,
 /// and `sluice::memory` how memory freed by parked connections goes back
 /// to the system.

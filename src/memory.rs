@@ -70,10 +70,8 @@ fn trim() {
 /// mimalloc 3 serves that from its fast path only for blocks up to 1 KiB;
 /// any larger block whose size is not a power of two (hyper's 8 KiB read
 /// buffer after its header room, a header map's entries) takes the
-/// over-allocating path, about 250 instructions a call and 2.3 calls per
-/// HTTP/1.1 request. Asking for alignment only when needed took an
-/// HTTP/1.1 request from 16 987 instructions to 16 636, an HTTP/2 one
-/// from 30 872 to 30 570 (counted). Every mimalloc
+/// over-allocating path, a few times every request (benches/RESULTS.md
+/// has the counts before and after). Every mimalloc
 /// block is aligned to 16 bytes, and to its size below that, so
 /// `mi_malloc` serves what asks no more, as Rust's own system allocator
 /// does with `malloc`.

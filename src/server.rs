@@ -93,10 +93,9 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     for spec in &listener_specs {
         let tls = match &spec.tls {
             None => None,
-            Some(files) => Some(
-                crate::proxy::tls::server_config(&files.cert, &files.key)
-                    .map_err(StartError::Tls)?,
-            ),
+            Some(files) => {
+                Some(crate::tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?)
+            }
         };
         let mut addr = spec.addr;
         for worker in sockets.iter_mut() {

@@ -14,6 +14,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, HostMatch, RouteConfig, StickyKey};
+/// What the data plane reads of the config, compiled into the table: it
+/// needs nothing from [`crate::config`] itself.
+pub use crate::config::{Forwarded, Limits};
 use crate::shared_vec::SharedVec;
 use crate::split::{self, Split};
 use crate::stats::prom::Metrics;
@@ -84,7 +87,7 @@ impl Route {
     /// The backend index for a request: override, sticky, or weighted draw.
     pub fn pick(&self, headers: &HeaderMap) -> usize {
         if let Some(name) = &self.override_header {
-            if let Some(v) = crate::proxy::headers::find(headers, name) {
+            if let Some(v) = crate::headers::find(headers, name) {
                 if let Some(i) = self
                     .backends
                     .iter()
@@ -96,9 +99,7 @@ impl Route {
         }
         if let Some(key) = &self.sticky {
             let value = match key {
-                StickyKey::Header(h) => {
-                    crate::proxy::headers::find(headers, h).map(|v| v.as_bytes())
-                }
+                StickyKey::Header(h) => crate::headers::find(headers, h).map(|v| v.as_bytes()),
                 StickyKey::Cookie(c) => headers
                     .get_all(http::header::COOKIE)
                     .iter()
@@ -347,7 +348,7 @@ mod tests {
         let mut registry = Registry::new(Metrics::new());
         let before = registry.compile(config(""), 1);
         let stats = before.routes[0].backends[0].stats.clone();
-        stats.record(Class::Informational2xx, Duration::from_millis(1));
+        stats.record(Class::Success2xx, Duration::from_millis(1));
         stats.record(Class::Server5xx, Duration::from_millis(2));
         let after = registry.compile(
             config("    rollout:\n      baseline: stable\n      canary: canary\n      window: 10m\n      stages: [{ weight: 50, bake: 1h }]\n      gates: { success_rate: { critical: 99 } }\n"),
@@ -362,7 +363,7 @@ mod tests {
             1
         );
         // The old and the new record into the same lifetime counts.
-        widened.record(Class::Informational2xx, Duration::from_millis(1));
+        widened.record(Class::Success2xx, Duration::from_millis(1));
         assert_eq!(stats.lifetime.requests(), 3);
     }
 }

@@ -276,7 +276,7 @@ fn listeners(list: &[raw::Listener], base_dir: &Path, p: &mut Vec<Problem>) -> V
             };
             // Load once now so that a bad file is a config problem, not a
             // failure at start.
-            match crate::proxy::tls::server_config(&files.cert, &files.key) {
+            match crate::tls::server_config(&files.cert, &files.key) {
                 Ok(_) => Some(files),
                 Err(e) => {
                     p.push(Problem::new(format!("{path}.tls"), e));
@@ -838,7 +838,7 @@ fn backend_tls(
     // Each file is read, whatever the others hold: every problem is listed.
     let ca = match t.and_then(|t| t.ca.as_deref()) {
         None => Some(Vec::new()),
-        Some(file) => crate::proxy::tls::read_certificates(&resolve(base_dir, file))
+        Some(file) => crate::tls::read_certificates(&resolve(base_dir, file))
             .map_err(|e| p.push(Problem::new(format!("{path}.tls.ca"), e)))
             .ok(),
     };
@@ -846,7 +846,7 @@ fn backend_tls(
     let identity = match t.map(|t| (t.cert.as_deref(), t.key.as_deref())) {
         None | Some((None, None)) => Some(None),
         Some((Some(cert), Some(key))) => {
-            let chain = crate::proxy::tls::read_certificates(&resolve(base_dir, cert))
+            let chain = crate::tls::read_certificates(&resolve(base_dir, cert))
                 .map_err(|e| p.push(Problem::new(format!("{path}.tls.cert"), e)));
             let key_file = resolve(base_dir, key);
             let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key_file).map_err(|e| {
@@ -873,7 +873,7 @@ fn backend_tls(
         Some(Protocol::Http2) => b"h2",
         _ => b"http/1.1",
     };
-    let client = crate::upstream::tls::client_config(&ca, identity, alpn)
+    let client = crate::tls::client_config(&ca, identity, alpn)
         .map_err(|(field, e)| p.push(Problem::new(format!("{path}.tls.{field}"), e)))
         .ok()?;
     Some(BackendTls {

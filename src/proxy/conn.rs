@@ -42,7 +42,7 @@ pub struct ConnState {
     /// Route-timeout timers of finished requests, for the next ones. A
     /// request's timer is almost never due (the backend answers
     /// first); a fresh timer takes the time driver's lock to register and
-    /// again to deregister (about 2 % of a request's instructions), a kept
+    /// again to deregister, every request; a kept
     /// one is left where it is when it is due no later than the new
     /// deadline, and moved on only when it fires early: about once per route
     /// timeout per busy connection.
@@ -176,11 +176,12 @@ impl ConnState {
         self.last_activity.store(now_ms(), Relaxed);
     }
 
-    /// The next moment to look again, or the verdict if something expired.
+    /// What a look finds: a verdict if something expired, else the next
+    /// moment to look again.
     /// A head may start at any read, unseen by the sleeping watchdog, so it
     /// never sleeps longer than half the header read timeout: a stalled
     /// head is cut within 1.5 times that timeout.
-    fn check(&self, now: u64, limits: &Timeouts) -> Result<Expired, u64> {
+    fn check(&self, now: u64, limits: &Timeouts) -> Look {
         let Timeouts {
             header_read,
             idle,
@@ -195,31 +196,39 @@ impl ConnState {
         if head != 0 && self.in_flight.load(Relaxed) == 0 {
             let due = head + header_read.as_millis() as u64;
             return if now >= due {
-                Ok(Expired::HeaderRead)
+                Look::Expired(Expired::HeaderRead)
             } else {
-                Err(due.min(look_again))
+                Look::Again(due.min(look_again))
             };
         }
         if self.in_flight.load(Relaxed) > 0 {
-            return Err(look_again);
+            return Look::Again(look_again);
         }
         let last = self.last_activity.load(Relaxed);
         let due = last + idle.as_millis() as u64;
         if now >= due {
-            return Ok(Expired::Idle);
+            return Look::Expired(Expired::Idle);
         }
         let mut next = due.min(look_again);
         if let Some(park) = park {
             if self.open_bodies.load(Relaxed) == 0 {
                 let park_due = last + park.as_millis() as u64;
                 if now >= park_due {
-                    return Ok(Expired::Park);
+                    return Look::Expired(Expired::Park);
                 }
                 next = next.min(park_due);
             }
         }
-        Err(next)
+        Look::Again(next)
     }
+}
+
+/// What one look of the watchdog finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    Expired(Expired),
+    /// Nothing expired: look again at this moment (coarse-clock ms).
+    Again(u64),
 }
 
 /// The timeouts the watchdog enforces on one connection.
@@ -333,8 +342,8 @@ impl std::future::Future for Watchdog<'_> {
             }
             let now = now_ms();
             match this.state.check(now, &this.limits) {
-                Ok(why) => return Poll::Ready(why),
-                Err(due) => {
+                Look::Expired(why) => return Poll::Ready(why),
+                Look::Again(due) => {
                     // A look the timer woke, not the first one.
                     let fired = this.armed;
                     let wait = Duration::from_millis(due.saturating_sub(now).max(1));
@@ -389,8 +398,9 @@ impl<T> MeteredIo<T> {
     }
 }
 
-/// How an HTTP/2 client with prior knowledge opens a connection.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The request line of the HTTP/2 preface: enough to tell a connection
+/// that will multiplex from the first read.
+const H2_PREFACE_LINE: &[u8] = super::H2_PREFACE.split_at(14).0;
 
 impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
     fn poll_read(
@@ -412,7 +422,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if std::mem::take(&mut self.first_read)
-                && buf.filled()[before..].starts_with(H2_PREFACE)
+                && buf.filled()[before..].starts_with(H2_PREFACE_LINE)
             {
                 self.state.set_multiplexed();
             } else {
@@ -524,16 +534,16 @@ mod tests {
         s.last_activity.store(1000, Relaxed);
         assert_eq!(
             s.check(1500, &T),
-            Err(1550),
+            Look::Again(1550),
             "looks again within half the header timeout"
         );
-        assert_eq!(s.check(1990, &T), Err(2000));
-        assert_eq!(s.check(2000, &T), Ok(Expired::Idle));
+        assert_eq!(s.check(1990, &T), Look::Again(2000));
+        assert_eq!(s.check(2000, &T), Look::Expired(Expired::Idle));
         let guard = s.request_started(false);
-        assert!(s.check(5000, &T).is_err());
+        assert!(matches!(s.check(5000, &T), Look::Again(_)));
         drop(guard);
         assert!(
-            s.check(now_ms(), &T).is_err(),
+            matches!(s.check(now_ms(), &T), Look::Again(_)),
             "finishing a request is activity"
         );
     }
@@ -543,32 +553,39 @@ mod tests {
         let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
         s.head_started.store(1000, Relaxed);
-        assert_eq!(s.check(1050, &T), Err(1100));
-        assert_eq!(s.check(1100, &T), Ok(Expired::HeaderRead));
+        assert_eq!(s.check(1050, &T), Look::Again(1100));
+        assert_eq!(s.check(1100, &T), Look::Expired(Expired::HeaderRead));
         let _guard = s.request_started(false);
-        assert!(s.check(1100, &T).is_err());
+        assert!(matches!(s.check(1100, &T), Look::Again(_)));
     }
 
     #[test]
     fn parks_when_nothing_is_in_flight_or_unread() {
         let s = Arc::new(ConnState::default());
         s.last_activity.store(1000, Relaxed);
-        assert_eq!(s.check(1100, &PARKING), Err(1150));
-        assert_eq!(s.check(1250, &PARKING), Ok(Expired::Park));
-        assert_eq!(s.check(1250, &T), Err(1300), "parking is off");
+        assert_eq!(s.check(1100, &PARKING), Look::Again(1150));
+        assert_eq!(s.check(1250, &PARKING), Look::Expired(Expired::Park));
+        assert_eq!(s.check(1250, &T), Look::Again(1300), "parking is off");
         let guard = s.request_started(false);
-        assert!(s.check(1250, &PARKING).is_err(), "a request in flight");
+        assert!(
+            matches!(s.check(1250, &PARKING), Look::Again(_)),
+            "a request in flight"
+        );
         drop(guard);
         s.last_activity.store(1000, Relaxed);
         let mut body = s.body_started();
         assert_eq!(
             s.check(1250, &PARKING),
-            Err(1300),
+            Look::Again(1300),
             "an unread body owns the bytes"
         );
         body.finish();
-        assert_eq!(s.check(1250, &PARKING), Ok(Expired::Park));
-        assert_eq!(s.check(2000, &PARKING), Ok(Expired::Idle), "idle wins");
+        assert_eq!(s.check(1250, &PARKING), Look::Expired(Expired::Park));
+        assert_eq!(
+            s.check(2000, &PARKING),
+            Look::Expired(Expired::Idle),
+            "idle wins"
+        );
         let slow_heads = Timeouts {
             header_read: Duration::from_secs(10),
             ..PARKING
@@ -576,7 +593,7 @@ mod tests {
         let _busy = s.request_started(false);
         assert_eq!(
             s.check(3000, &slow_heads),
-            Err(3250),
+            Look::Again(3250),
             "a busy connection is looked at again within the park delay"
         );
     }

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::conn::{self, ConnState, Expired, MeteredIo, Timeouts};
 use super::service::ProxyService;
 use super::Connections;
-use crate::config::Limits;
+use crate::table::Limits;
 
 /// How long an HTTP/1.1 connection waits with nothing in flight before it
 /// is parked. Long enough that a client sending back-to-back requests never
@@ -118,8 +118,8 @@ async fn active(
         .keep_alive(true)
         // hyper otherwise reads the socket while a request is in flight, to
         // see the client close: with the request's head still holding its
-        // read buffer, that read takes a fresh 8 KiB buffer every request
-        // (600 instructions a request, 3.6 %, counted). The watchdog's
+        // read buffer, that read takes a fresh 8 KiB buffer every request.
+        // The watchdog's
         // probe below sees a client that went away instead.
         .half_close(true)
         .serve_connection(

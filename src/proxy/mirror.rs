@@ -18,8 +18,8 @@ use http::uri::Authority;
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 
-use super::headers;
 use crate::body::{grpc_failed, Outcome, RequestBody, ResponseBody};
+use crate::headers;
 use crate::stats::{BackendStats, Class};
 use crate::table::Backend;
 use crate::upstream::{Failure, Pool};

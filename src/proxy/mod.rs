@@ -2,12 +2,10 @@
 //! HTTP/1.1 and h2c on each connection, and drain on shutdown.
 
 pub mod conn;
-pub mod headers;
 pub mod http1;
 pub mod mirror;
 pub mod service;
 pub mod streams;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -164,7 +162,7 @@ pub async fn serve(
 
 /// How an HTTP/2 client with prior knowledge opens a connection. Anything
 /// else on a plain listener is HTTP/1.x.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// `http2`: a plain connection opened with the whole HTTP/2 preface.
 async fn connection(
@@ -255,7 +253,7 @@ async fn serve_connection<I>(
 /// What a connection served by hyper is watched with.
 struct Served<'a> {
     state: &'a Arc<ConnState>,
-    limits: &'a crate::config::Limits,
+    limits: &'a crate::table::Limits,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     /// The connection's HTTP/2 streams, run by its task.

@@ -18,13 +18,14 @@ use hyper::body::{Body as _, Incoming};
 use tokio::time::Sleep;
 
 use super::conn::{BodyOpen, ConnState};
-use super::headers::{self, ForwardedFields};
 use super::mirror;
 use crate::access_log::{AccessLog, Entry, Host};
 use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
-use crate::config::{Forwarded, Protocol};
+use crate::headers::{self, ForwardedFields};
 use crate::stats::{failures, Class};
+use crate::table::Forwarded;
 use crate::table::Table;
+use crate::target::Protocol;
 use crate::upstream::Failure;
 
 /// Serves one downstream connection's requests. Cloned into every request's

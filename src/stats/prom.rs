@@ -224,8 +224,8 @@ mod tests {
         let stats = BackendStats::new(Duration::from_secs(60));
         // On an edge counts into it (le is "less or equal"); a nanosecond
         // more goes to the next.
-        stats.record(Class::Informational2xx, Duration::from_micros(500));
-        stats.record(Class::Informational2xx, Duration::from_nanos(500_001));
+        stats.record(Class::Success2xx, Duration::from_micros(500));
+        stats.record(Class::Success2xx, Duration::from_nanos(500_001));
         stats.record(Class::Server5xx, Duration::from_millis(20));
         stats.record(Class::Error, Duration::from_secs(3));
         stats.record(Class::Client4xx, Duration::from_secs(90));

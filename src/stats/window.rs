@@ -17,7 +17,8 @@ use std::time::Duration;
 /// The outcome class of one request, as in `sluice_requests_total{class}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
-    Informational2xx,
+    /// A final status below 300 (an interim 1xx is never final).
+    Success2xx,
     Redirect3xx,
     Client4xx,
     Server5xx,
@@ -27,7 +28,7 @@ pub enum Class {
 
 impl Class {
     pub const ALL: [Class; 5] = [
-        Class::Informational2xx,
+        Class::Success2xx,
         Class::Redirect3xx,
         Class::Client4xx,
         Class::Server5xx,
@@ -40,13 +41,13 @@ impl Class {
             300..=399 => Class::Redirect3xx,
             400..=499 => Class::Client4xx,
             500..=599 => Class::Server5xx,
-            _ => Class::Informational2xx,
+            _ => Class::Success2xx,
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
-            Class::Informational2xx => "2xx",
+            Class::Success2xx => "2xx",
             Class::Redirect3xx => "3xx",
             Class::Client4xx => "4xx",
             Class::Server5xx => "5xx",

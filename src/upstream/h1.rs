@@ -1,8 +1,8 @@
 //! sluice's HTTP/1.1 client side: one exchange at a time on a connection
 //! the request's own task drives. hyper's client connection lives in a task
 //! of its own and passes the request, the response head and every body
-//! chunk across channels, which cost two task wake-ups per request and
-//! about 40 % of the proxy's user-space instructions. Here the request's
+//! chunk across channels: two task wake-ups per request and the largest
+//! share of the proxy's own work (benches/RESULTS.md). Here the request's
 //! task writes the request and reads the response head; the response body
 //! reads the socket itself whenever the downstream connection asks for
 //! more, and hands the connection back to the pool when it has ended.
@@ -27,7 +27,7 @@ use super::chunked::Decoder;
 use super::tls::Stream;
 use super::Pool;
 use crate::body::{BoxError, RequestBody};
-use crate::proxy::headers::ForwardedFields;
+use crate::headers::ForwardedFields;
 
 /// Room the read buffer makes before each read.
 const READ_SIZE: usize = 8 * 1024;
@@ -41,8 +41,7 @@ const MAX_HEADERS: usize = 128;
 /// boxed (made boxed by [`Conn::new`]): it moves from the pool to an
 /// exchange, into the response body and back every request, and the idle
 /// queue grows in blocks of 31 entries, zeroed when made; a pointer is
-/// cheaper to move and to queue than the 96 bytes inline (boxed, an
-/// HTTP/1.1 request went from 16 032 instructions to 15 554, counted).
+/// cheaper to move and to queue than the connection inline.
 pub struct Conn {
     io: Stream,
     /// Bytes read and not yet consumed; empty between exchanges.
@@ -234,8 +233,8 @@ type Head = (StatusCode, bool, HeaderMap, Framers);
 /// Which of the fields that decide a response's framing and the
 /// connection's reuse were present, noted while the head is parsed: most
 /// responses have a length and neither of the others, and a map lookup of
-/// a field that is absent costs as much as one that is found (about 110
-/// instructions; there were four a response).
+/// a field that is absent costs as much as one that is found, several
+/// times a response.
 #[derive(Debug, Clone, Copy, Default)]
 struct Framers {
     transfer_encoding: bool,
@@ -255,7 +254,7 @@ impl Framers {
 /// most responses carry are told by their length and one comparison eight
 /// bytes at a time; any other goes to `HeaderName::from_bytes`, which
 /// lowercases the name into a scratch buffer and matches it against every
-/// standard name: about 350 instructions, three or more a response.
+/// standard name, for each of the several fields of every response.
 fn field_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
     let is = |name: &str| lowercased_is(raw, name.as_bytes());
     Ok(match raw.len() {

@@ -33,8 +33,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::body::{BodyLimit, BoxError, RequestBody};
-use crate::config::{BackendTls, Protocol, Upstream};
-use crate::proxy::headers::ForwardedFields;
+use crate::headers::ForwardedFields;
+use crate::target::{BackendTls, Protocol, Upstream};
 use tls::Stream;
 
 /// Idle connections kept per backend, shared out evenly among the workers
@@ -176,8 +176,8 @@ impl Pool {
             forwarded.insert_into(req.headers_mut());
             // Boxed: opening an HTTP/2 connection is a large future, and
             // unboxed it would enlarge every request's future, HTTP/1.1
-            // ones included (measured: 300 instructions a request more,
-            // most of them in the allocator).
+            // ones included, and with it what the allocator does per
+            // request (benches/RESULTS.md has the count).
             return Box::pin(conns.send(req, self))
                 .await
                 .map(|r| r.map(Either::Right));

@@ -105,7 +105,7 @@ fn median_detection(rate: f64) -> u64 {
 
 #[test]
 fn bad_canaries_are_caught_within_a_few_hundred_requests() {
-    // Medians, in canary requests, against a 98 % line (README quotes these).
+    // Medians, in canary requests, against a 98 % line (docs/rollouts.md quotes these).
     let (five, ten, half) = (
         median_detection(0.05),
         median_detection(0.10),

@@ -19,7 +19,7 @@ fn buckets_are_monotonic_and_within_two_percent() {
 fn counts_by_class_and_success_rate() {
     let w = Window::new(Duration::from_secs(60));
     for _ in 0..97 {
-        w.record(100, Class::Informational2xx, Duration::from_millis(5));
+        w.record(100, Class::Success2xx, Duration::from_millis(5));
     }
     w.record(100, Class::Client4xx, Duration::from_millis(5));
     w.record(100, Class::Server5xx, Duration::from_millis(5));
@@ -35,7 +35,7 @@ fn counts_by_class_and_success_rate() {
 fn quantiles_follow_the_distribution() {
     let w = Window::new(Duration::from_secs(60));
     for i in 1..=1000u64 {
-        w.record(7, Class::Informational2xx, Duration::from_micros(i * 1000));
+        w.record(7, Class::Success2xx, Duration::from_micros(i * 1000));
     }
     let s = w.snapshot(7, Duration::from_secs(60));
     for (q, want_ms) in [(0.5, 500.0), (0.95, 950.0), (0.99, 990.0)] {
@@ -49,13 +49,13 @@ fn quantiles_follow_the_distribution() {
 fn old_seconds_fall_out_and_slots_are_reused() {
     let w = Window::new(Duration::from_secs(60));
     w.record(10, Class::Server5xx, Duration::from_millis(1));
-    w.record(40, Class::Informational2xx, Duration::from_millis(1));
+    w.record(40, Class::Success2xx, Duration::from_millis(1));
     assert_eq!(w.snapshot(40, Duration::from_secs(60)).requests(), 2);
     assert_eq!(w.snapshot(40, Duration::from_secs(30)).requests(), 1);
     assert_eq!(w.snapshot(69, Duration::from_secs(60)).requests(), 2);
     assert_eq!(w.snapshot(70, Duration::from_secs(60)).requests(), 1);
     // Second 71 lands in second 10's slot (61 slots): it must start from zero.
-    w.record(71, Class::Informational2xx, Duration::from_millis(1));
+    w.record(71, Class::Success2xx, Duration::from_millis(1));
     let s = w.snapshot(71, Duration::from_secs(60));
     assert_eq!(s.requests(), 2);
     assert_eq!(s.failures(), 0);
@@ -88,8 +88,8 @@ fn workers_record_into_their_own_shards_and_readers_sum_them() {
         "rings are made on first use"
     );
     for (worker, class, ms) in [
-        (0, Class::Informational2xx, 1),
-        (1, Class::Informational2xx, 3),
+        (0, Class::Success2xx, 1),
+        (1, Class::Success2xx, 3),
         (1, Class::Server5xx, 600),
         (1, Class::Error, 0),
     ] {
@@ -135,7 +135,7 @@ fn a_shard_stale_second_is_not_summed_with_another_shard_current_one() {
         w.record(10, Class::Server5xx, Duration::from_millis(1))
     });
     as_worker(0, || {
-        w.record(71, Class::Informational2xx, Duration::from_millis(1))
+        w.record(71, Class::Success2xx, Duration::from_millis(1))
     });
     let s = w.snapshot(71, Duration::from_secs(60));
     assert_eq!((s.requests(), s.failures()), (1, 0));
@@ -145,7 +145,7 @@ fn a_shard_stale_second_is_not_summed_with_another_shard_current_one() {
 fn a_slot_allocates_only_the_chunks_its_latencies_fall_in() {
     let w = Window::new(Duration::from_secs(60));
     for ms in [1, 1, 3, 900] {
-        w.record(8, Class::Informational2xx, Duration::from_millis(ms));
+        w.record(8, Class::Success2xx, Duration::from_millis(ms));
     }
     let slot = &w.rings[0].get().unwrap()[8];
     let chunks = slot.latency.get().expect("a latency was recorded");
@@ -156,7 +156,7 @@ fn a_slot_allocates_only_the_chunks_its_latencies_fall_in() {
     assert_eq!(s.quantile(0.5), Some(Duration::from_millis(1)));
     assert_eq!(s.slower_than(Duration::from_millis(500)), 1);
     // The slot's next second starts from zero in every chunk it kept.
-    w.record(8 + 61, Class::Informational2xx, Duration::from_millis(3));
+    w.record(8 + 61, Class::Success2xx, Duration::from_millis(3));
     let s = w.snapshot(8 + 61, Duration::from_secs(60));
     assert_eq!(
         (s.requests(), s.slower_than(Duration::from_millis(2))),
