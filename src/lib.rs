@@ -31,7 +31,6 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod body;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -15,9 +15,9 @@ const LAYERS: [(&str, &[&str]); 6] = [
         "control",
         &["admin", "rollout", "reload", "control", "journal", "state"],
     ),
-    ("data plane", &["proxy", "body", "access_log"]),
+    ("data plane", &["proxy"]),
     ("table", &["table"]),
-    ("client side", &["upstream"]),
+    ("client side", &["upstream", "access_log"]),
     (
         "leaves",
         &[
@@ -36,17 +36,14 @@ const LAYERS: [(&str, &[&str]); 6] = [
 ];
 
 /// The data plane: it reads the compiled table, never the config.
-const DATA_PLANE: [&str; 4] = ["proxy", "body", "access_log", "upstream"];
+const DATA_PLANE: [&str; 3] = ["proxy", "access_log", "upstream"];
 
 /// Imports that still run against the layers, each a known debt: the
 /// list must match what the code does, so it only ever shrinks.
-const KNOWN: &[&str] = &[
-    "table -> access_log (the table holds the access log's handle)",
-    "upstream -> body (the request body sent upstream lives in body.rs)",
-];
+const KNOWN: &[&str] = &[];
 
-/// Module cycles still to break, as the sorted modules of each loop.
-const KNOWN_CYCLES: &[&str] = &["body, proxy, table, upstream"];
+/// Module loops still to break, as the sorted modules of each loop.
+const KNOWN_CYCLES: &[&str] = &[];
 
 fn layer_of(module: &str) -> usize {
     LAYERS

@@ -19,10 +19,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::ResponseBody;
 use crate::config::{self, Syntax};
 use crate::control::{Change, ControlPlane, Rejection};
 use crate::journal::Query;
+use crate::proxy::response::ResponseBody;
 use crate::rollout::controller::{Action, ActionError};
 
 /// Largest request body the admin API reads.

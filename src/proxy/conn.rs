@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::{BodyOpen, OpenBodies};
+
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.
 pub fn now_ms() -> u64 {
@@ -99,7 +101,7 @@ impl ConnState {
     /// parked, hyper closes it).
     pub fn body_started(self: &Arc<Self>) -> BodyOpen {
         self.open_bodies.fetch_add(1, Relaxed);
-        BodyOpen(Some(self.clone()))
+        BodyOpen::new(self.clone())
     }
 
     /// A timer due no later than `deadline`: the spare one (moved only if it
@@ -245,16 +247,9 @@ pub struct Timeouts {
     pub probe_client: bool,
 }
 
-/// An HTTP/1.1 request body still being read.
-#[derive(Debug)]
-pub struct BodyOpen(Option<Arc<ConnState>>);
-
-impl BodyOpen {
-    /// The body has been read to its end.
-    pub fn finish(&mut self) {
-        if let Some(s) = self.0.take() {
-            s.open_bodies.fetch_sub(1, Relaxed);
-        }
+impl OpenBodies for ConnState {
+    fn body_finished(&self) {
+        self.open_bodies.fetch_sub(1, Relaxed);
     }
 }
 

@@ -2,7 +2,7 @@
 //! beside the request itself, and the copy's answer is read and thrown
 //! away. The copy never holds up the request: it runs in a task of its own,
 //! its body is fed from the request's as that streams (and given up when
-//! the mirror falls behind, see [`crate::body::MIRROR_BUFFER`]), and when
+//! the mirror falls behind, see [`crate::upstream::request_body::MIRROR_BUFFER`]), and when
 //! too many copies are already under way, no more are made.
 //!
 //! A copy's outcome counts for its backend like any request's, judged the
@@ -18,10 +18,11 @@ use http::uri::Authority;
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 
-use crate::body::{grpc_failed, Outcome, RequestBody, ResponseBody};
+use super::response::{grpc_failed, Outcome, ResponseBody};
 use crate::headers;
 use crate::stats::{BackendStats, Class};
 use crate::table::Backend;
+use crate::upstream::RequestBody;
 use crate::upstream::{Failure, Pool};
 
 /// Copies under way at most, in the whole process. A mirror backend that

@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod http1;
 pub mod mirror;
+pub mod response;
 pub mod service;
 pub mod streams;
 

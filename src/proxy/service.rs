@@ -17,16 +17,18 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Sleep;
 
-use super::conn::{BodyOpen, ConnState};
+use super::conn::ConnState;
 use super::mirror;
+use super::response::{grpc_failed, Outcome, ResponseBody};
 use crate::access_log::{AccessLog, Entry, Host};
-use crate::body::{grpc_failed, BodyLimit, Outcome, RequestBody, ResponseBody};
 use crate::headers::{self, ForwardedFields};
 use crate::stats::{failures, Class};
 use crate::table::Forwarded;
 use crate::table::Table;
 use crate::target::Protocol;
+use crate::upstream::BodyOpen;
 use crate::upstream::Failure;
+use crate::upstream::{BodyLimit, RequestBody};
 
 /// Serves one downstream connection's requests. Cloned into every request's
 /// future, so it is one reference count of the connection's own: the

@@ -24,8 +24,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::RequestBody;
 use super::{Failure, Pool, UpstreamError};
-use crate::body::RequestBody;
 
 /// A backend's HTTP/2 connections, one per worker.
 pub struct Conns {

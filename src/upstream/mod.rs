@@ -20,7 +20,10 @@
 mod chunked;
 pub mod h1;
 mod h2;
+pub mod request_body;
 pub mod tls;
+
+pub use request_body::{BodyLimit, BodyOpen, BoxError, OpenBodies, RequestBody};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +35,6 @@ use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::body::{BodyLimit, BoxError, RequestBody};
 use crate::headers::ForwardedFields;
 use crate::target::{BackendTls, Protocol, Upstream};
 use tls::Stream;
