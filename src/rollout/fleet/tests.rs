@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::readings::bucket_index;
 use super::*;
 
 const SEC: i64 = 1_000;

@@ -6,7 +6,6 @@
 //! allocates a timer per request; this watchdog keeps one timer per
 //! connection instead and tells the two cases apart.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -21,6 +20,13 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::upstream::{BodyOpen, OpenBodies};
+
+mod metered;
+mod watchdog;
+
+pub use metered::MeteredIo;
+use watchdog::Look;
+pub use watchdog::{Expired, Timeouts, Watchdog};
 
 /// Milliseconds on the process's coarse clock: one atomic load, no system
 /// call, on every socket read and write.
@@ -225,28 +231,6 @@ impl ConnState {
     }
 }
 
-/// What one look of the watchdog finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Look {
-    Expired(Expired),
-    /// Nothing expired: look again at this moment (coarse-clock ms).
-    Again(u64),
-}
-
-/// The timeouts the watchdog enforces on one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub header_read: Duration,
-    pub idle: Duration,
-    /// After this long with nothing in flight, an HTTP/1.1 connection is
-    /// parked: its HTTP state and buffers are dropped, only the socket kept.
-    pub park: Option<Duration>,
-    /// Whether a look that finds a request in flight resolves with
-    /// [`Expired::Probe`], for a connection whose server does not watch the
-    /// socket while it waits for the response.
-    pub probe_client: bool,
-}
-
 impl OpenBodies for ConnState {
     fn body_finished(&self) {
         self.open_bodies.fetch_sub(1, Relaxed);
@@ -260,209 +244,6 @@ pub struct InFlight(Arc<ConnState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.request_finished();
-    }
-}
-
-/// Why the watchdog ends a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
-    /// The client started a request and did not finish its headers in time:
-    /// close at once.
-    HeaderRead,
-    /// Nothing happened for the idle timeout: close gracefully.
-    Idle,
-    /// Nothing in flight for a while: shed the HTTP/1.1 state, keep the
-    /// socket.
-    Park,
-    /// The proxy is shutting down: finish the exchange in flight, then close.
-    Drain,
-    /// A request is in flight: see whether the client is still there. Not
-    /// an end by itself; the watchdog is armed for its next look.
-    Probe,
-}
-
-/// Resolves when the connection has expired. Sleeps until the earliest
-/// possible deadline and checks again, so a busy connection costs one timer
-/// wake-up per look, not one per request.
-///
-/// It shares its task with the connection, so it is polled at every wake-up
-/// of that task (several per request). Until its timer has fired, a poll
-/// answers from the timer's state alone: the armed timer already holds the
-/// task's waker, and polling it again costs more than anything else the
-/// watchdog does.
-pub struct Watchdog<'a> {
-    state: &'a ConnState,
-    limits: Timeouts,
-    /// Looked at with the timeouts: turns true when the proxy drains.
-    shutdown: Option<&'a watch::Receiver<bool>>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Whether `sleep` has been set and polled (not before the first look).
-    armed: bool,
-}
-
-impl<'a> Watchdog<'a> {
-    pub fn new(state: &'a ConnState, limits: Timeouts) -> Self {
-        Watchdog {
-            state,
-            limits,
-            shutdown: None,
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            armed: false,
-        }
-    }
-}
-
-impl<'a> Watchdog<'a> {
-    /// Also resolves, with [`Expired::Drain`], at the first look after
-    /// shutdown began: within one look interval (the park delay on HTTP/1.1
-    /// connections), instead of a wake-up channel polled at every wake-up of
-    /// the connection.
-    pub fn draining(mut self, shutdown: &'a watch::Receiver<bool>) -> Self {
-        self.shutdown = Some(shutdown);
-        self
-    }
-}
-
-impl std::future::Future for Watchdog<'_> {
-    type Output = Expired;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
-        let this = &mut *self;
-        if this.armed && !this.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
-        loop {
-            if this.shutdown.is_some_and(|s| *s.borrow()) {
-                return Poll::Ready(Expired::Drain);
-            }
-            let now = now_ms();
-            match this.state.check(now, &this.limits) {
-                Look::Expired(why) => return Poll::Ready(why),
-                Look::Again(due) => {
-                    // A look the timer woke, not the first one.
-                    let fired = this.armed;
-                    let wait = Duration::from_millis(due.saturating_sub(now).max(1));
-                    this.sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + wait);
-                    this.armed = true;
-                    let pending = this.sleep.as_mut().poll(cx).is_pending();
-                    if fired && this.limits.probe_client && this.state.in_flight.load(Relaxed) > 0 {
-                        return Poll::Ready(Expired::Probe);
-                    }
-                    if pending {
-                        return Poll::Pending;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A transport that tells its [`ConnState`] when bytes move, and first
-/// yields any bytes read ahead by a previous HTTP connection on the socket.
-pub struct MeteredIo<T> {
-    inner: T,
-    state: Arc<ConnState>,
-    first_read: bool,
-    ahead: Bytes,
-}
-
-impl<T> MeteredIo<T> {
-    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        MeteredIo {
-            inner,
-            state,
-            first_read: true,
-            ahead: Bytes::new(),
-        }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    /// Bytes to hand out before reading the socket again.
-    pub fn rewind(&mut self, ahead: Bytes) {
-        self.ahead = ahead;
-    }
-
-    /// Whether rewound bytes are still unread.
-    pub fn has_ahead(&self) -> bool {
-        !self.ahead.is_empty()
-    }
-}
-
-/// The request line of the HTTP/2 preface: enough to tell a connection
-/// that will multiplex from the first read.
-const H2_PREFACE_LINE: &[u8] = super::H2_PREFACE.split_at(14).0;
-
-impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.ahead.is_empty() {
-            let n = self.ahead.len().min(buf.remaining());
-            buf.put_slice(&self.ahead[..n]);
-            self.ahead.advance(n);
-            // The start of the next head: activity now, and the header-read
-            // clock runs (else a fresh HTTP connection could be parked again
-            // before it has read them).
-            self.state.on_read();
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            if std::mem::take(&mut self.first_read)
-                && buf.filled()[before..].starts_with(H2_PREFACE_LINE)
-            {
-                self.state.set_multiplexed();
-            } else {
-                self.state.on_read();
-            }
-        }
-        poll
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.on_write();
-        }
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.on_write();
-        }
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
