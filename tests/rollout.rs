@@ -126,6 +126,7 @@ async fn a_failing_canary_is_rolled_back_and_everything_agrees() {
         .iter()
         .find(|e| e["kind"] == "rolled_back")
         .expect("journaled");
+    promtool_checks(&m);
     assert_eq!(rb["detail"]["reason"], "critical");
     assert!(rb["detail"]["canary_requests"].as_u64().unwrap() <= at_rollback);
 
@@ -449,4 +450,30 @@ async fn reloads_keep_the_rollout_and_a_new_canary_starts_over() {
         .iter()
         .any(|e| e["kind"] == "rollout_stopped"));
     p.shutdown().await;
+}
+
+/// Every family of a real exposition, after a rollout and its rollback,
+/// passes `promtool check metrics` (HELP text, types, names).
+fn promtool_checks(exposition: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

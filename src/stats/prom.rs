@@ -77,6 +77,22 @@ impl Metrics {
             None,
             "Table changes by result (ok, rejected).",
         );
+        d(
+            "sluice_rollbacks_total",
+            None,
+            "Rollouts ended in a rollback, by route and reason (critical, smoke, escalate, sustained, manual for an abort, followed for a fleet replica following another).",
+        );
+        self.recorder.describe_gauge(
+            "sluice_rollout_stage".into(),
+            None,
+            "The stage each route's rollout is at, from 1; 0 when it is not running or paused."
+                .into(),
+        );
+        self.recorder.describe_gauge(
+            "sluice_rollout_state".into(),
+            None,
+            "The state of each route's rollout: 1 for the state it is in, 0 for the others.".into(),
+        );
     }
 
     fn key(name: &'static str, labels: Vec<Label>) -> Key {
