@@ -25,10 +25,15 @@ use crate::headers::{self, ForwardedFields};
 use crate::stats::{failures, Class};
 use crate::table::Forwarded;
 use crate::table::Table;
+use crate::table::{Backend, Route};
 use crate::target::Protocol;
+use crate::upstream::request_body::BodyProgress;
 use crate::upstream::BodyOpen;
 use crate::upstream::Failure;
-use crate::upstream::{BodyLimit, RequestBody};
+use crate::upstream::{BodyLimit, RequestBody, UpstreamBody, UpstreamError};
+
+mod target;
+use target::{request_host, upstream_target};
 
 /// Serves one downstream connection's requests. Cloned into every request's
 /// future, so it is one reference count of the connection's own: the
@@ -147,92 +152,6 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ResponseBod
     r
 }
 
-/// The request's host, without port, for route matching: the authority of
-/// the request target when it has one (HTTP/2's `:authority`, or an
-/// absolute-form HTTP/1.1 target, whose `Host` field a proxy must ignore:
-/// RFC 9112, 3.2.2), else the `Host` field. `None` when there is neither,
-/// or more than one `Host` field (RFC 9112, 3.2): the client gets 400.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let field = match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return None,
-        (field, None) => field,
-    };
-    // IPv6 literals stay whole: "[::1]:80" → "[::1]".
-    let host = match req.uri().authority() {
-        Some(a) => headers::authority_host(a.as_str()),
-        None => headers::without_port(field?.to_str().ok()?),
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// The `:authority` an HTTP/2 backend gets: the one the client's request
-/// target named (HTTP/2's `:authority`, an absolute-form target), else its
-/// `Host` field, as Envoy passes it on. The `Host` field goes in either
-/// case, since HTTP/2 carries the host in `:authority` and a backend may
-/// refuse a request whose two differ (RFC 9113, 8.3.1); user information,
-/// which RFC 9113 forbids there, goes too. `None` when the client named no
-/// authority that parses: the backend's address is sent instead.
-fn h2_authority(target: Option<Authority>, headers: &mut HeaderMap) -> Option<Authority> {
-    let host = headers.remove(header::HOST);
-    let authority = match target {
-        Some(a) => a,
-        None => Authority::try_from(host?.as_bytes()).ok()?,
-    };
-    if authority.as_str().bytes().any(|b| b == b'@') {
-        return Authority::try_from(headers::without_userinfo(authority.as_str())).ok();
-    }
-    Some(authority)
-}
-
-/// The request target and version a backend gets. HTTP/1.1 backends get
-/// the origin form (`/path?query`), as from any proxy, and the authority of
-/// a target that had one (HTTP/2's `:authority`, an absolute-form HTTP/1.1
-/// target) as their `host` field, in place of any the client sent; HTTP/2
-/// needs the scheme and authority as well: the authority the client asked
-/// for (see [`h2_authority`]). A `shadow` copy (see [`mirror`]) has its
-/// host marked. `None` when the target cannot be forwarded.
-#[inline(always)]
-fn upstream_target(
-    authority: Option<Authority>,
-    pq: PathAndQuery,
-    headers: &mut HeaderMap,
-    forwarded: &mut ForwardedFields,
-    backend: &crate::table::Backend,
-    shadow: bool,
-) -> Option<(Uri, Version)> {
-    if backend.pool.protocol == Protocol::Http2 {
-        let mut authority = h2_authority(authority, headers);
-        if shadow {
-            authority = authority.map(|a| mirror::shadowed(&a).unwrap_or(a));
-        }
-        let uri = Uri::builder()
-            .scheme(if backend.pool.is_tls() {
-                "https"
-            } else {
-                "http"
-            })
-            .authority(authority.unwrap_or_else(|| backend.pool.origin.clone()))
-            .path_and_query(pq)
-            .build()
-            .ok()?;
-        return Some((uri, Version::HTTP_2));
-    }
-    forwarded.host = authority;
-    if shadow {
-        let named = forwarded.host.clone().or_else(|| {
-            let field = headers.get(header::HOST)?;
-            Authority::try_from(field.as_bytes()).ok()
-        });
-        if let Some(marked) = named.as_ref().and_then(mirror::shadowed) {
-            forwarded.host = Some(marked);
-        }
-    }
-    let mut origin_form = http::uri::Parts::default();
-    origin_form.path_and_query = Some(pq);
-    Some((Uri::from_parts(origin_form).ok()?, Version::HTTP_11))
-}
-
 /// Sends a copy of the request, taken before the request is shaped for its
 /// own backend, to the route's mirror backend (see [`mirror`]).
 fn copy_to_mirror(
@@ -313,6 +232,12 @@ impl<F: Future> Future for Within<'_, F> {
 }
 
 impl ProxyService {
+    /// One request, in its phases: [`admit`] it (a host, a route, a body
+    /// within the limit) and pick a backend; [`ProxyService::shape`] what
+    /// goes upstream (headers, forwarded fields, the body under its
+    /// limits, a mirrored copy, the target); send it within the route's
+    /// timeout; [`classify`] the answer into the client's response and the
+    /// backend's outcome.
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -321,44 +246,57 @@ impl ProxyService {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let table = self.0.table.load_full();
-        let Some(host) = request_host(&req) else {
-            return local_response(
-                StatusCode::BAD_REQUEST,
-                "the request needs exactly one Host header",
-            );
+        let (route, picked) = match admit(&table, &req) {
+            Ok(admitted) => admitted,
+            Err(Refusal(status, why)) => return local_response(status, why),
         };
-        let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            host
-        };
-        let Some(route) = table.route(host, req.uri().path(), req.headers()) else {
-            return local_response(StatusCode::NOT_FOUND, "no route matches this request");
-        };
-        let picked = route.pick(req.headers());
         let backend = &route.backends[picked];
-        let limits = &table.config.limits;
         if let Some(entry) = logged {
             entry.route = Some(route.name.clone());
             entry.backend = Some(backend.name.clone());
         }
+        let (parts, body, forwarded, progress) =
+            match self.shape(&table, route, picked, req, open, started) {
+                Ok(shaped) => shaped,
+                Err(Refusal(status, why)) => return local_response(status, why),
+            };
 
-        if let Some(max) = limits.max_body_bytes {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return local_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than limits.max_body_bytes",
-                );
-            }
+        let deadline = tokio::time::Instant::from_std(started + route.timeout);
+        let mut timer = self.0.conn.timer(deadline);
+        let result = Within {
+            timer: &mut timer,
+            deadline,
+            fut: backend.pool.send(parts, body, forwarded),
         }
+        .await;
+        self.0.conn.keep_timer(timer);
+        classify(route, backend, result, &progress, started.elapsed())
+    }
 
+    /// The request as it goes upstream: hop-by-hop fields stripped, the
+    /// forwarded fields worked out, the body under its size and time
+    /// limits (and copied to the mirror, if the route has one and the draw
+    /// says so), the target rewritten for the backend.
+    #[allow(clippy::type_complexity)]
+    fn shape(
+        &self,
+        table: &Table,
+        route: &Route,
+        picked: usize,
+        req: Request<Incoming>,
+        open: Option<BodyOpen>,
+        started: Instant,
+    ) -> Result<
+        (
+            http::request::Parts,
+            RequestBody,
+            ForwardedFields,
+            BodyProgress,
+        ),
+        Refusal,
+    > {
+        let limits = &table.config.limits;
+        let backend = &route.backends[picked];
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let mut forwarded = ForwardedFields::new(
@@ -380,7 +318,7 @@ impl ProxyService {
         let progress = body.progress();
         if let Some(m) = route.mirror.filter(|m| m.backend != picked && m.draw()) {
             // Sent from a plain function: whatever it holds must not take
-            // room in this future, which every request allocates.
+            // room in the request's future, which every request allocates.
             copy_to_mirror(
                 &parts,
                 target.authority.as_ref(),
@@ -399,89 +337,137 @@ impl ProxyService {
             backend,
             false,
         ) else {
-            return local_response(
+            return Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 "the request target cannot be forwarded",
-            );
+            ));
         };
         parts.uri = uri;
         parts.version = version;
+        Ok((parts, body, forwarded, progress))
+    }
+}
 
-        let deadline = tokio::time::Instant::from_std(started + route.timeout);
-        let mut timer = self.0.conn.timer(deadline);
-        let result = Within {
-            timer: &mut timer,
-            deadline,
-            fut: backend.pool.send(parts, body, forwarded),
+/// A request refused before it went anywhere: the client's status, and
+/// why in words.
+struct Refusal(StatusCode, &'static str);
+
+/// A request sluice takes: it names one host, a route matches it, and the
+/// body it declares is within the limit; with the backend the split picks.
+/// Otherwise why not.
+fn admit<'t>(table: &'t Table, req: &Request<Incoming>) -> Result<(&'t Route, usize), Refusal> {
+    let Some(host) = request_host(req) else {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "the request needs exactly one Host header",
+        ));
+    };
+    let lowered;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        lowered = host.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        host
+    };
+    let Some(route) = table.route(host, req.uri().path(), req.headers()) else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "no route matches this request",
+        ));
+    };
+    if let Some(max) = table.config.limits.max_body_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than limits.max_body_bytes",
+            ));
         }
-        .await;
-        self.0.conn.keep_timer(timer);
-        let latency = started.elapsed();
-        match result {
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                let class = if grpc_failed(&parts.headers) {
-                    Class::Server5xx
-                } else {
-                    Class::of_status(parts.status.as_u16())
-                };
-                let outcome = Outcome::new(backend.stats.clone(), class, latency);
-                Response::from_parts(parts, ResponseBody::upstream(body, outcome))
+    }
+    Ok((route, route.pick(req.headers())))
+}
+
+/// The client's response to what the backend did: its answer, with the
+/// outcome to record when the body ends (a gRPC failure counts as a 5xx),
+/// or the status that says what went wrong, the backend's failures
+/// recorded and logged, the client's own (a body too large, too slow,
+/// broken off) not held against it.
+fn classify(
+    route: &Route,
+    backend: &Backend,
+    result: Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>,
+    progress: &BodyProgress,
+    latency: Duration,
+) -> Response<ResponseBody> {
+    match result {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            let class = if grpc_failed(&parts.headers) {
+                Class::Server5xx
+            } else {
+                Class::of_status(parts.status.as_u16())
+            };
+            let outcome = Outcome::new(backend.stats.clone(), class, latency);
+            Response::from_parts(parts, ResponseBody::upstream(body, outcome))
+        }
+        Ok(Err(e)) => match e.failure {
+            Failure::Downstream(BodyLimit::TooLarge) => local_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than limits.max_body_bytes",
+            ),
+            Failure::Downstream(BodyLimit::Incomplete) => {
+                local_response(StatusCode::BAD_REQUEST, "the request body ended early")
             }
-            Ok(Err(e)) => match e.failure {
-                Failure::Downstream(BodyLimit::TooLarge) => local_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than limits.max_body_bytes",
-                ),
-                Failure::Downstream(BodyLimit::Incomplete) => {
-                    local_response(StatusCode::BAD_REQUEST, "the request body ended early")
-                }
-                Failure::Downstream(BodyLimit::Timeout) => local_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request was not received within limits.request_timeout",
-                ),
-                Failure::Timeout => {
-                    tracing::debug!(route = %route.name, backend = %backend.name, error = %e, "upstream connect timeout");
-                    backend_failed(route, backend, latency, StatusCode::GATEWAY_TIMEOUT, || {
-                        format!("timed out: {}", failures::chain(&e))
-                    });
-                    local_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the backend did not accept a connection in time",
-                    )
-                }
-                Failure::Broken => {
-                    tracing::debug!(route = %route.name, backend = %backend.name, error = ?e, "upstream failed");
-                    backend_failed(route, backend, latency, StatusCode::BAD_GATEWAY, || {
-                        failures::chain(&e)
-                    });
-                    local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
-                }
-            },
-            Err(_) if !progress.finished() => {
-                // Still uploading when the route timeout fired: the client
-                // was slow, not the backend.
-                local_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive within the route's timeout",
-                )
-            }
-            Err(_) => {
+            Failure::Downstream(BodyLimit::Timeout) => local_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request was not received within limits.request_timeout",
+            ),
+            Failure::Timeout => {
+                tracing::debug!(route = %route.name, backend = %backend.name, error = %e, "upstream connect timeout");
                 backend_failed(route, backend, latency, StatusCode::GATEWAY_TIMEOUT, || {
-                    format!("no answer within the route's timeout ({:?})", route.timeout)
+                    format!("timed out: {}", failures::chain(&e))
                 });
                 local_response(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "the backend did not answer within the route's timeout",
+                    "the backend did not accept a connection in time",
                 )
             }
+            Failure::Broken => {
+                tracing::debug!(route = %route.name, backend = %backend.name, error = ?e, "upstream failed");
+                backend_failed(route, backend, latency, StatusCode::BAD_GATEWAY, || {
+                    failures::chain(&e)
+                });
+                local_response(StatusCode::BAD_GATEWAY, "the backend failed to answer")
+            }
+        },
+        Err(_) if !progress.finished() => {
+            // Still uploading when the route timeout fired: the client
+            // was slow, not the backend.
+            local_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within the route's timeout",
+            )
+        }
+        Err(_) => {
+            backend_failed(route, backend, latency, StatusCode::GATEWAY_TIMEOUT, || {
+                format!("no answer within the route's timeout ({:?})", route.timeout)
+            });
+            local_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the backend did not answer within the route's timeout",
+            )
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::target::h2_authority;
     use super::*;
 
     fn with_host(host: Option<&str>) -> HeaderMap {
