@@ -43,6 +43,9 @@ pub enum Change {
         route: String,
         fingerprint: String,
         weights: BTreeMap<String, u64>,
+        /// The rollout goes on driving the route (a stage's weights), or
+        /// leaves it (promoted, rolled back, aborted).
+        active: bool,
     },
 }
 
@@ -90,6 +93,10 @@ pub enum Rejection {
     NotFound(String),
     #[error("{0}")]
     Invalid(Problems),
+    /// A person's change to the weights of a route a running rollout
+    /// drives: refused, saying how to proceed.
+    #[error("{0}")]
+    Owned(String),
 }
 
 /// One version of the table, as history keeps it.
@@ -118,6 +125,9 @@ struct Writer {
     registry: Registry,
     /// Weights rollout controllers set, by route, with their rollout's fingerprint.
     rollout_weights: HashMap<String, (String, BTreeMap<String, u64>)>,
+    /// The routes whose weights a running rollout drives, with its id: the
+    /// one place that says who owns a route's weights.
+    owners: HashMap<String, String>,
     history: VecDeque<Version>,
     next_version: u64,
     /// The table last replaced. Requests in flight still hold it; keeping
@@ -166,6 +176,7 @@ impl ControlPlane {
             writer: std::sync::Mutex::new(Writer {
                 registry,
                 rollout_weights: HashMap::new(),
+                owners: HashMap::new(),
                 history,
                 next_version: version + 1,
                 retired: None,
@@ -216,6 +227,17 @@ impl ControlPlane {
     ) -> Result<Arc<Table>, Rejection> {
         let mut w = self.lock();
         let current = self.table.load_full();
+        if let Some(refusal) = refused_for_an_owner(&w, &change) {
+            self.metrics.reloads("rejected").increment(1);
+            self.journal.record(
+                change.route(),
+                "change_rejected",
+                actor,
+                format!("{}: {refusal}", change.describe()),
+                serde_json::json!({ "problems": [refusal.to_string()] }),
+            );
+            return Err(refusal);
+        }
         let reason = why.map_or_else(
             || change.describe(),
             |w| format!("{}: {w}", change.describe()),
@@ -268,7 +290,9 @@ impl ControlPlane {
                 self.metrics.reloads("rejected").increment(1);
                 let detail = match &rejection {
                     Rejection::Invalid(p) => serde_json::json!({ "problems": p.0 }),
-                    Rejection::NotFound(m) => serde_json::json!({ "problems": [m] }),
+                    Rejection::NotFound(m) | Rejection::Owned(m) => {
+                        serde_json::json!({ "problems": [m] })
+                    }
                 };
                 self.journal.record(
                     change.route(),
@@ -293,17 +317,33 @@ impl ControlPlane {
                 route,
                 fingerprint,
                 weights,
+                active,
             } => {
                 w.rollout_weights
                     .insert(route.clone(), (fingerprint.clone(), weights.clone()));
+                if *active {
+                    w.owners.insert(route.clone(), fingerprint.clone());
+                } else {
+                    w.owners.remove(route);
+                }
             }
             // A person set the weights: a later reload must not bring back
             // what a finished rollout had set.
             Change::Weights { route, .. } | Change::Rollback { route } => {
                 w.rollout_weights.remove(route);
             }
-            Change::Restore { .. } => w.rollout_weights.clear(),
-            Change::Replace(_) => {}
+            Change::Restore { .. } | Change::Replace(_) => {}
+        }
+        // A document whose route has another rollout, or none, leaves the
+        // old one no claim on the route.
+        if matches!(change, Change::Replace(_) | Change::Restore { .. }) {
+            let fleet = cfg.fleet.is_some();
+            let doc = &cfg.document;
+            w.owners.retain(|route, id| {
+                cfg.route_index(route)
+                    .and_then(|i| config::plan::fingerprint(&doc.routes[i], fleet))
+                    .is_some_and(|now| now == *id)
+            });
         }
         let version = w.next_version;
         w.next_version += 1;
@@ -362,7 +402,7 @@ impl ControlPlane {
         let mut doc = self.changed_document(w, current, change)?;
         // Routes under a rollout keep the controller's weights across
         // reloads and restores, as long as the rollout is the same one.
-        if matches!(change, Change::Replace(_)) {
+        if matches!(change, Change::Replace(_) | Change::Restore { .. }) {
             let fleet = doc.fleet.is_some();
             for i in 0..doc.routes.len() {
                 let r = &doc.routes[i];
@@ -535,6 +575,28 @@ impl ControlPlane {
     /// History, oldest first.
     pub fn history(&self) -> Vec<Version> {
         self.lock().history.iter().cloned().collect()
+    }
+}
+
+/// A person's change that would set the weights of a route a running
+/// rollout drives. A whole document (a reload, `PUT /config`, a restore)
+/// is not refused: the rollout's weights are kept in it.
+fn refused_for_an_owner(w: &Writer, change: &Change) -> Option<Rejection> {
+    let route = match change {
+        Change::Weights { route, .. } | Change::Rollback { route } => route,
+        _ => return None,
+    };
+    let id = w.owners.get(route)?;
+    Some(Rejection::Owned(format!(
+        "route {route} is under rollout {id}, which sets its weights: abort it first (POST /routes/{route}/rollout/abort, or sluice ctl abort {route}), or pause or promote it"
+    )))
+}
+
+impl ControlPlane {
+    /// The id of the running rollout that drives the route's weights, if
+    /// one does.
+    pub fn owner(&self, route: &str) -> Option<String> {
+        self.lock().owners.get(route).cloned()
     }
 }
 

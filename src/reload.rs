@@ -43,7 +43,9 @@ fn apply_text(
     match control.apply(Change::Replace(Box::new(doc)), actor, Some(&what)) {
         Ok(table) => Ok(table.version),
         Err(Rejection::Invalid(p)) => Err(p),
-        Err(Rejection::NotFound(m)) => Err(config::Problem::new("", m).into()),
+        Err(Rejection::NotFound(m) | Rejection::Owned(m)) => {
+            Err(config::Problem::new("", m).into())
+        }
     }
 }
 

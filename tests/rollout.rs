@@ -314,6 +314,20 @@ async fn manual_actions_and_weights_belong_to_the_rollout() {
     )
     .await;
     assert_eq!(s, 409, "{body}");
+    assert!(
+        body.contains("abort it first"),
+        "says how to proceed: {body}"
+    );
+    // A restore of the version before the rollout began keeps the
+    // rollout's weights: the canary's share is the stage's, not the old 0.
+    let (s, _, body) = send(&c, "POST", &format!("{admin}/history/1/restore"), &[], "").await;
+    assert_eq!(s, 200, "{body}");
+    let st = admin_json(&p, "/status").await;
+    assert_eq!(
+        st["routes"][0]["backends"][1]["weight"], 10,
+        "the rollout keeps its weights: {st:#}"
+    );
+    assert_eq!(rollout_of(&st, "api")["stage"], 1);
     assert_eq!(
         post("/routes/api/rollout/resume").await.0,
         409,

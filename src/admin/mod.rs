@@ -92,6 +92,7 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 fn rejection(r: Rejection) -> Reply {
     match r {
         Rejection::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        Rejection::Owned(m) => error(StatusCode::CONFLICT, m),
         Rejection::Invalid(p) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
             &serde_json::json!({
@@ -241,12 +242,8 @@ impl Admin {
                         return rejection(Rejection::Invalid(p));
                     }
                 };
-                if self.rollouts.owns_weights(route) {
-                    return error(
-                        StatusCode::CONFLICT,
-                        format!("route {route} is under a rollout that sets its weights; use its promote, pause, abort or restart"),
-                    );
-                }
+                // A route a running rollout drives is refused by apply, the
+                // one place that knows who owns a route's weights.
                 let change = Change::Weights {
                     route: route.to_string(),
                     weights,
@@ -257,7 +254,7 @@ impl Admin {
                 }
                 self.applied(result, Some(route))
             }
-            (&Method::POST, ["routes", route, "rollback"]) if self.rollouts.owns_weights(route) => {
+            (&Method::POST, ["routes", route, "rollback"]) if control.owner(route).is_some() => {
                 // Rolling back a route under a rollout aborts the rollout.
                 self.acted(self.rollouts.act(route, Action::Abort, &actor), route)
             }

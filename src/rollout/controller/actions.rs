@@ -5,13 +5,17 @@ use super::*;
 
 impl Rollouts {
     /// Gives the canary `share` percent of its route and the baseline the
-    /// rest, through the control plane's single writer.
+    /// rest, through the control plane's single writer; `active` says the
+    /// rollout goes on driving the route, so that a person's weights are
+    /// refused until it ends.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn set_canary_share(
         &self,
         c: &Controller,
         route: &crate::table::Route,
         plan: &Plan,
         share: u32,
+        active: bool,
         actor: &str,
         why: Option<&str>,
     ) -> Result<Arc<Table>, Rejection> {
@@ -20,6 +24,7 @@ impl Rollouts {
                 route: c.route.clone(),
                 fingerprint: c.fingerprint.clone(),
                 weights: stage_weights(route, plan, share),
+                active,
             },
             actor,
             why,
@@ -45,14 +50,9 @@ impl Rollouts {
             Phase::Promoted => 100,
             Phase::RolledBack | Phase::Aborted => 0,
         };
-        self.set_canary_share(c, route, &plan, share, "controller", None)
+        let active = matches!(st.progress.phase, Phase::Running | Phase::Paused);
+        self.set_canary_share(c, route, &plan, share, active, "controller", None)
             .map(|_| ())
-    }
-
-    /// Whether the route's weights belong to a running rollout.
-    pub fn owns_weights(&self, route: &str) -> bool {
-        self.controller(route)
-            .is_ok_and(|c| c.state.lock().unwrap().progress.phase.active())
     }
 
     /// A manual action, journaled with its actor.
@@ -118,8 +118,16 @@ impl Rollouts {
                 let route_t = table
                     .route_named(route)
                     .ok_or_else(|| ActionError::NoRollout(route.to_string()))?;
-                self.set_canary_share(&c, route_t, &plan, share, actor, Some("promoted by hand"))
-                    .map_err(ActionError::Rejected)?;
+                self.set_canary_share(
+                    &c,
+                    route_t,
+                    &plan,
+                    share,
+                    next < plan.stages.len(),
+                    actor,
+                    Some("promoted by hand"),
+                )
+                .map_err(ActionError::Rejected)?;
                 if next >= plan.stages.len() {
                     st.progress.phase = Phase::Promoted;
                 } else {

@@ -148,7 +148,8 @@ impl Rollouts {
             return;
         };
         let why = format!("the fleet's stage {} of {}", after.1 + 1, plan.stages.len());
-        match self.set_canary_share(c, route, plan, share, "controller", Some(&why)) {
+        let active = matches!(after.0, Phase::Running | Phase::Paused);
+        match self.set_canary_share(c, route, plan, share, active, "controller", Some(&why)) {
             Ok(_) => f.published = Some(after),
             Err(e) => {
                 tracing::error!(route = %c.route, error = %e, "the fleet's weights were refused");
@@ -267,7 +268,7 @@ impl Rollouts {
                     .ok_or_else(|| ActionError::NoRollout(c.route.clone()))?;
                 let next = st.progress.stage + 1;
                 let share = plan.stages.get(next).map_or(100, |s| s.weight);
-                self.set_canary_share(c, route, plan, share, "admin", Some("promoted by hand on this replica"))
+                self.set_canary_share(c, route, plan, share, true, "admin", Some("promoted by hand on this replica"))
                     .map_err(ActionError::Rejected)?;
                 // Ahead until the fleet catches up (past the last stage:
                 // until it promotes too); a fleet rollback still applies.

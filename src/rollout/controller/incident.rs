@@ -27,7 +27,7 @@ impl Rollouts {
         };
         let decided_ms = now_ms();
         let t = Instant::now();
-        let result = self.set_canary_share(c, route, plan, 0, "controller", Some(reason));
+        let result = self.set_canary_share(c, route, plan, 0, false, "controller", Some(reason));
         let swap_us = t.elapsed().as_micros() as u64;
         let completed_ms = now_ms();
         let version = match result {

@@ -157,7 +157,7 @@ impl Rollouts {
                 st.first_warning_ms = None;
                 let share = plan.stages[stage].weight;
                 let why = format!("stage {} of {}", stage + 1, plan.stages.len());
-                match self.set_canary_share(c, route, plan, share, "controller", Some(&why)) {
+                match self.set_canary_share(c, route, plan, share, true, "controller", Some(&why)) {
                     Ok(_) => {
                         c.runtime
                             .lock()
@@ -177,7 +177,15 @@ impl Rollouts {
             }
             Decision::Promote => {
                 st.held = None;
-                match self.set_canary_share(c, route, plan, 100, "controller", Some("promoted")) {
+                match self.set_canary_share(
+                    c,
+                    route,
+                    plan,
+                    100,
+                    false,
+                    "controller",
+                    Some("promoted"),
+                ) {
                     Ok(_) => {
                         self.control.journal.record(
                             Some(&c.route),
