@@ -58,6 +58,30 @@ pub struct Backend {
     pub stats: Arc<BackendStats>,
 }
 
+/// The data plane's handle on the table in use: it loads, and cannot
+/// store. Only the control plane's single writer swaps the table.
+#[derive(Clone)]
+pub struct TableReader(Arc<arc_swap::ArcSwap<Table>>);
+
+impl TableReader {
+    /// A reader of the table `swap` holds; the control plane makes it.
+    pub fn new(swap: Arc<arc_swap::ArcSwap<Table>>) -> Self {
+        TableReader(swap)
+    }
+
+    /// The table in use, held for as long as the caller keeps it.
+    #[inline]
+    pub fn load_full(&self) -> Arc<Table> {
+        self.0.load_full()
+    }
+
+    /// The table in use, for a short look.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.0.load()
+    }
+}
+
 impl Backend {
     /// The backend's base URL, as the reports and status show it.
     pub fn url(&self) -> String {

@@ -205,9 +205,10 @@ impl ControlPlane {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The handle the data plane loads its snapshot from.
-    pub fn table_handle(&self) -> Arc<ArcSwap<Table>> {
-        self.table.clone()
+    /// The handle the data plane loads its snapshot from: it reads, and
+    /// cannot swap.
+    pub fn table_handle(&self) -> crate::table::TableReader {
+        crate::table::TableReader::new(self.table.clone())
     }
 
     /// Tells of every swap (the new version).

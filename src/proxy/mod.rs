@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::table::Table;
+use crate::table::TableReader;
 use conn::{ConnState, Expired, MeteredIo};
 use service::ProxyService;
 
@@ -84,7 +83,7 @@ impl Drop for Parked {
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    table: Arc<ArcSwap<Table>>,
+    table: TableReader,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -171,7 +170,7 @@ async fn connection(
     peer: SocketAddr,
     http2: bool,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    table: Arc<ArcSwap<Table>>,
+    table: TableReader,
     shutdown: watch::Receiver<bool>,
 ) {
     let state = ConnState::new();
@@ -207,7 +206,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     tls: bool,
     http2: bool,
-    table: Arc<ArcSwap<Table>>,
+    table: TableReader,
     shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -332,7 +331,7 @@ pub type Sockets = Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>
 /// Serves each socket on the current runtime (a worker's).
 pub fn spawn_listeners(
     sockets: Sockets,
-    table: &Arc<ArcSwap<Table>>,
+    table: &TableReader,
     connections: &Arc<Connections>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {

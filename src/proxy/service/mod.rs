@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::uri::PathAndQuery;
@@ -24,8 +23,8 @@ use crate::access_log::{AccessLog, Entry, Host};
 use crate::headers::{self, ForwardedFields};
 use crate::stats::{failures, Class};
 use crate::table::Forwarded;
-use crate::table::Table;
 use crate::table::{Backend, Route};
+use crate::table::{Table, TableReader};
 use crate::target::Protocol;
 use crate::upstream::request_body::BodyProgress;
 use crate::upstream::BodyOpen;
@@ -43,7 +42,7 @@ use target::{request_host, upstream_target};
 pub struct ProxyService(Arc<Shared>);
 
 struct Shared {
-    table: Arc<ArcSwap<Table>>,
+    table: TableReader,
     conn: Arc<ConnState>,
     /// The peer's address, ready to go into `x-forwarded-for`.
     peer: HeaderValue,
@@ -52,7 +51,7 @@ struct Shared {
 }
 
 impl ProxyService {
-    pub fn new(table: Arc<ArcSwap<Table>>, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
+    pub fn new(table: TableReader, conn: Arc<ConnState>, peer: IpAddr, tls: bool) -> Self {
         // Fixed from start, so the connection takes it once.
         let access_log = table.load().access_log.clone();
         ProxyService(Arc::new(Shared {
