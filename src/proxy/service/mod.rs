@@ -276,7 +276,10 @@ impl ProxyService {
     /// forwarded fields worked out, the body under its size and time
     /// limits (and copied to the mirror, if the route has one and the draw
     /// says so), the target rewritten for the backend.
+    // Inlined, as are `admit` and `classify`: what they return moves into
+    // the request's future without a copy (benches/RESULTS.md).
     #[allow(clippy::type_complexity)]
+    #[inline(always)]
     fn shape(
         &self,
         table: &Table,
@@ -354,6 +357,7 @@ struct Refusal(StatusCode, &'static str);
 /// A request sluice takes: it names one host, a route matches it, and the
 /// body it declares is within the limit; with the backend the split picks.
 /// Otherwise why not.
+#[inline(always)]
 fn admit<'t>(table: &'t Table, req: &Request<Incoming>) -> Result<(&'t Route, usize), Refusal> {
     let Some(host) = request_host(req) else {
         return Err(Refusal(
@@ -395,6 +399,7 @@ fn admit<'t>(table: &'t Table, req: &Request<Incoming>) -> Result<(&'t Route, us
 /// or the status that says what went wrong, the backend's failures
 /// recorded and logged, the client's own (a body too large, too slow,
 /// broken off) not held against it.
+#[inline(always)]
 fn classify(
     route: &Route,
     backend: &Backend,
