@@ -57,33 +57,18 @@ fn run_binary_logged(
     let stderr = child.stderr.take().unwrap();
     let child = Proc(child);
     let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "sluice did not start");
-        let line = lines.next().expect("sluice exited before serving").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "sluice is serving" {
-            let proxy = v["fields"]["proxy"]
-                .as_str()
-                .unwrap()
-                .split(',')
-                .next()
-                .unwrap()
-                .to_string();
-            let admin = v["fields"]["admin"].as_str().unwrap().to_string();
-            // Keep draining stderr so the child never blocks on a full pipe.
-            let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-            let keep = kept.clone();
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str(&line) {
-                        keep.lock().unwrap().push(v);
-                    }
-                }
-            });
-            return (child, proxy, admin, kept);
+    let (proxy, admin) = wait_serving(&mut lines);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = kept.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                keep.lock().unwrap().push(v);
+            }
         }
-    }
+    });
+    (child, proxy, admin, kept)
 }
 
 fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {

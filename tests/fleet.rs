@@ -58,26 +58,17 @@ impl Replica {
             admin: String::new(),
         };
         let mut lines = BufReader::new(r.child.stderr.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            assert!(Instant::now() < deadline, "sluice did not start");
-            let line = lines.next().expect("sluice exited before serving").unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "sluice is serving" {
-                r.proxy = v["fields"]["proxy"].as_str().unwrap().to_string();
-                r.admin = v["fields"]["admin"].as_str().unwrap().to_string();
-                // What goes wrong in a replica shows with the test's output.
-                let who = r.admin.clone();
-                std::thread::spawn(move || {
-                    for line in lines.map_while(Result::ok) {
-                        if !line.contains("\"level\":\"INFO\"") || line.contains("fleet:") {
-                            eprintln!("replica {who}: {line}");
-                        }
-                    }
-                });
-                return r;
+        (r.proxy, r.admin) = wait_serving(&mut lines);
+        // What goes wrong in a replica shows with the test's output.
+        let who = r.admin.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if !line.contains("\"level\":\"INFO\"") || line.contains("fleet:") {
+                    eprintln!("replica {who}: {line}");
+                }
             }
-        }
+        });
+        r
     }
 
     async fn status(&self) -> serde_json::Value {

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::decide::{decide, Decision, Judgement};
 use super::gates::{self, Evidence, GateResult, Verdict};
-use super::state::{Incident, Phase, Progress, RolloutState, SmokeResult};
+use super::state::{smoke_failures, Incident, Phase, Progress, RolloutState, SmokeResult};
 use super::{prometheus, report, smoke};
 
 mod actions;

@@ -146,3 +146,13 @@ pub struct SmokeResult {
     pub detail: String,
     pub latency_ms: f64,
 }
+
+/// The failed checks of a round, as decisions and reports name them:
+/// `"name": detail`.
+pub fn smoke_failures(results: &[SmokeResult]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| format!("\"{}\": {}", s.name, s.detail))
+        .collect()
+}

@@ -611,3 +611,19 @@ pub fn rollout_yaml(stable: &Backend, canary: &Backend, plan: &str, extra_top: &
     }
     y
 }
+
+/// Reads a `sluice run --log-format json` child's log lines until it says
+/// it is serving; returns its first proxy address and its admin address.
+pub fn wait_serving<R: std::io::BufRead>(lines: &mut std::io::Lines<R>) -> (String, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "sluice did not start");
+        let line = lines.next().expect("sluice exited before serving").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "sluice is serving" {
+            let proxy = v["fields"]["proxy"].as_str().unwrap();
+            let first = proxy.split(',').next().unwrap().to_string();
+            return (first, v["fields"]["admin"].as_str().unwrap().to_string());
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! A fleet replica taking the fleet's state as its own (its weights, its
 //! phase, its journal), and a person's actions on one replica of a fleet.
 
+use super::fleet_tick::unavailable_held;
 use super::*;
 use crate::rollout::fleet::Step;
 
@@ -127,9 +128,7 @@ impl Rollouts {
         st.first_warning_ms = first_warning_ms;
         if let Some(e) = &f.error {
             if fleet_active {
-                st.held = Some(format!(
-                    "fleet evidence unavailable: {e}; no advance (this replica's own checks still roll back)"
-                ));
+                st.held = Some(unavailable_held(e));
             }
         }
         if f.published == Some(after) {

@@ -14,6 +14,11 @@ use crate::rollout::fleet::{self, grid_ceil, Step, Subject, Track};
 /// more than most fleets, so a local rollback never spends too much.
 const UNKNOWN_REPLICAS: u32 = 100;
 
+/// Why a rollout holds while the fleet's numbers cannot be read.
+pub(super) fn unavailable_held(error: &str) -> String {
+    format!("fleet evidence unavailable: {error}; no advance (this replica's own checks still roll back)")
+}
+
 /// Ends a task when its owner ends (a stopped controller's task is
 /// dropped, not awaited).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -254,9 +259,7 @@ impl Rollouts {
         f.error = Some(e.clone());
         let mut st = c.state.lock().unwrap();
         if st.progress.phase.active() && !f.local_ended {
-            st.held = Some(format!(
-                "fleet evidence unavailable: {e}; no advance (this replica's own checks still roll back)"
-            ));
+            st.held = Some(unavailable_held(&e));
         }
     }
 
@@ -267,11 +270,7 @@ impl Rollouts {
             return;
         };
         let results = smoke::run(&route.backends[plan.canary].pool, &plan.smoke).await;
-        let failed: Vec<String> = results
-            .iter()
-            .filter(|s| !s.ok)
-            .map(|s| format!("\"{}\": {}", s.name, s.detail))
-            .collect();
+        let failed = smoke_failures(&results);
         let mut st = c.state.lock().unwrap();
         self.journal_smoke_failures(c, &results);
         st.smoke = results;

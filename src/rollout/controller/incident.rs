@@ -58,12 +58,7 @@ impl Rollouts {
             completed_ms,
             swap_us,
             gates: st.gates.clone(),
-            smoke_failures: st
-                .smoke
-                .iter()
-                .filter(|s| !s.ok)
-                .map(|s| format!("\"{}\": {}", s.name, s.detail))
-                .collect(),
+            smoke_failures: smoke_failures(&st.smoke),
             canary_requests: stage_counts.requests(),
             canary_failures: stage_counts.failures(),
             table_version: version,

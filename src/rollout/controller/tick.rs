@@ -122,11 +122,7 @@ impl Rollouts {
             prometheus: &lookup,
         };
         let judged = gates::judge(plan, &ev);
-        let smoke_failures: Vec<String> = smoke
-            .iter()
-            .filter(|s| !s.ok)
-            .map(|s| format!("\"{}\": {}", s.name, s.detail))
-            .collect();
+        let smoke_failures = smoke_failures(&smoke);
         if !full && !judged.iter().any(|g| g.verdict == Verdict::Critical) {
             return;
         }

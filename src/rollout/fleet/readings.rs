@@ -48,10 +48,10 @@ pub async fn readings(
     Ok(out)
 }
 
-async fn readings_chunk(
-    client: &PromClient,
-    fleet: &FleetConfig,
-    plan: &Plan,
+async fn readings_chunk<'a>(
+    client: &'a PromClient,
+    fleet: &'a FleetConfig,
+    plan: &'a Plan,
     s: &Subject<'_>,
     from_ms: i64,
     to_ms: i64,
@@ -72,11 +72,12 @@ async fn readings_chunk(
         let on_grid = (tick - from_ms).rem_euclid(step_ms) == 0;
         (on_grid && (0..n as i64).contains(&i)).then_some(i as usize)
     };
-    let range = |q: String, lag_ms: i64| {
+    let range_on = |base: &'a str, q: String, lag_ms: i64| {
         let start = (from_ms - lag_ms) as f64 / 1000.0;
         let end = (to_ms - lag_ms) as f64 / 1000.0;
-        async move { prometheus::query_range(client, &fleet.prometheus, &q, start, end, step).await }
+        async move { prometheus::query_range(client, base, &q, start, end, step).await }
     };
+    let range = |q: String, lag_ms: i64| range_on(&fleet.prometheus, q, lag_ms);
     let route = format!("route=\"{}\"", s.route);
     let which = |labels: &BTreeMap<String, String>| match labels.get("backend").map(String::as_str)
     {
@@ -209,9 +210,7 @@ async fn readings_chunk(
             continue;
         };
         let gate_lag = lag.as_millis() as i64;
-        let start = (from_ms - gate_lag) as f64 / 1000.0;
-        let end = (to_ms - gate_lag) as f64 / 1000.0;
-        let series = prometheus::query_range(client, url, query, start, end, step).await?;
+        let series = range_on(url, query.clone(), gate_lag).await?;
         for r in out.iter_mut() {
             r.prometheus.insert(g.name.clone(), None);
         }
